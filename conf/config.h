@@ -13,6 +13,11 @@
  * or NULL with errs filled. Never exits or prints. */
 gh_config_t *gh_config_load(const char *path, gh_errors_t *errs);
 
+/* As gh_config_load, from len bytes at data; name is the file name used in
+ * error lines. For tests, fuzzing and configs that do not come from a file. */
+gh_config_t *gh_config_load_buffer(const char *name, const char *data, size_t len,
+                                   gh_errors_t *errs);
+
 void gh_config_retain(gh_config_t *c);
 /* Drops one reference; the last one frees the snapshot and all it owns. */
 void gh_config_release(gh_config_t *c);

@@ -1,0 +1,684 @@
+/* The client side of HTTP/1.1: reading heads, checking them with the strict
+ * scanner, routing, keep-alive and pipelining, timeouts, closing.
+ *
+ * A connection handles one request at a time; pipelined requests wait in
+ * the read buffer until the response before them is fully written, which
+ * keeps responses in order without queueing them. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conf/config.h"
+#include "proxy/log.h"
+#include "proxy/proxy.h"
+#include "routes/router.h"
+
+#define LINGER_MS 2000
+
+static int req_on_body(llhttp_t *p, const char *at, size_t len);
+static int req_on_message_complete(llhttp_t *p);
+
+static const llhttp_settings_t req_settings = {
+    .on_body = req_on_body,
+    .on_message_complete = req_on_message_complete,
+};
+
+static gh_config_t *conn_cfg(gh_conn_t *c)
+{
+    return c->req ? c->req->snap->cfg : c->server->snap->cfg;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- closing ---- */
+
+static void conn_handle_closed(gh_conn_t *c)
+{
+    if (--c->open_handles > 0)
+        return;
+    gh__server_conn_closed(c->server, c);
+    free(c->buf);
+    free(c);
+}
+
+static void conn_stream_closed(gh_stream_t *s)
+{
+    conn_handle_closed(s->data);
+}
+
+static void conn_timer_closed(uv_handle_t *h)
+{
+    conn_handle_closed(h->data);
+}
+
+static void req_free(gh_req_t *r)
+{
+    if (!r)
+        return;
+    gh__proxy_release(r);
+    if (r->snap)
+        gh__snapshot_release(r->snap);
+    free(r->strs);
+    free(r->uhead);
+    free(r->qout);
+    free(r->pout);
+    free(r->rhead);
+    free(r);
+}
+
+void gh__conn_abort(gh_conn_t *c)
+{
+    if (c->state == GH_C_CLOSING)
+        return;
+    c->state = GH_C_CLOSING;
+    if (c->req) {
+        if (c->req->phase != GH_R_DONE && c->req->status == 0)
+            c->req->status = 499;
+        gh__accesslog_write(c->req);
+        req_free(c->req);
+        c->req = NULL;
+    }
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+    gh_stream_close(&c->s.base);
+}
+
+void gh__conn_close_idle(gh_conn_t *c)
+{
+    if (c->state == GH_C_HEAD && c->len == c->off)
+        gh__conn_abort(c);
+}
+
+/* After an answer that leaves unread request bytes behind, closing at once
+ * would make the kernel send RST and could destroy the answer before the
+ * client reads it. Half-close, drain for a while, then close. */
+static void linger_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gh_conn_t *c = s->data;
+    (void)buf;
+    if (nread < 0)
+        gh__conn_abort(c);
+}
+
+static void linger_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
+{
+    gh_conn_t *c = s->data;
+    (void)suggested;
+    buf->base = c->buf;
+    buf->len = c->cap;
+}
+
+static void linger_timeout(uv_timer_t *t)
+{
+    gh__conn_abort(t->data);
+}
+
+static void conn_linger(gh_conn_t *c)
+{
+    if (c->peer_eof || !c->buf) {
+        gh__conn_abort(c);
+        return;
+    }
+    c->s.base.on_read = linger_read;
+    c->s.base.on_alloc = linger_alloc;
+    gh_stream_shutdown(&c->s.base);
+    if (!c->reading && gh_stream_read_start(&c->s.base) == 0)
+        c->reading = true;
+    c->deadline = GH_T_NONE;
+    uv_timer_start(&c->timer, linger_timeout, LINGER_MS, 0);
+    /* state stays GH_C_REQUEST with no request: neither idle nor closing */
+    c->state = GH_C_REQUEST;
+}
+
+/* ---- timers ---- */
+
+static void conn_timeout(uv_timer_t *t)
+{
+    gh_conn_t *c = t->data;
+    gh_config_t *cfg = conn_cfg(c);
+    switch (c->deadline) {
+    case GH_T_HEADER:
+        if (c->req == NULL && c->len > c->off) {
+            /* a head was started but not finished in time */
+            gh_req_t *r = calloc(1, sizeof *r);
+            if (!r) {
+                gh__conn_abort(c);
+                return;
+            }
+            r->conn = c;
+            r->snap = c->server->snap;
+            gh__snapshot_retain(r->snap);
+            r->start_ns = now_ns();
+            gh__request_id(r->request_id);
+            c->req = r;
+            c->state = GH_C_REQUEST;
+            r->resp_close = true;
+            gh__respond_error(r, 408);
+            return;
+        }
+        gh__conn_abort(c);
+        return;
+    case GH_T_IDLE:
+        gh__conn_abort(c);
+        return;
+    case GH_T_STREAM: {
+        uint64_t now = uv_now(c->server->loop);
+        uint64_t limit = cfg->timeouts.stream_idle_ms;
+        if (now - c->last_io < limit) {
+            uv_timer_start(&c->timer, conn_timeout, limit - (now - c->last_io), 0);
+            return;
+        }
+        if (c->req)
+            gh__proxy_timeout(c->req, GH_T_STREAM);
+        else
+            gh__conn_abort(c);
+        return;
+    }
+    case GH_T_CONNECT:
+    case GH_T_FIRST_BYTE:
+        if (c->req)
+            gh__proxy_timeout(c->req, c->deadline);
+        else
+            gh__conn_abort(c);
+        return;
+    case GH_T_NONE:
+        return;
+    }
+}
+
+void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d)
+{
+    gh_config_t *cfg = conn_cfg(c);
+    uint64_t ms = 0;
+    c->deadline = d;
+    switch (d) {
+    case GH_T_NONE:
+        uv_timer_stop(&c->timer);
+        return;
+    case GH_T_HEADER: ms = cfg->timeouts.header_ms; break;
+    case GH_T_IDLE: ms = cfg->timeouts.idle_ms; break;
+    case GH_T_CONNECT: ms = cfg->timeouts.upstream_connect_ms; break;
+    case GH_T_FIRST_BYTE: ms = cfg->timeouts.upstream_first_byte_ms; break;
+    case GH_T_STREAM:
+        ms = cfg->timeouts.stream_idle_ms;
+        c->last_io = uv_now(c->server->loop);
+        break;
+    }
+    uv_timer_start(&c->timer, conn_timeout, ms ? ms : 1, 0);
+}
+
+/* ---- reading ---- */
+
+static void conn_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
+{
+    gh_conn_t *c = s->data;
+    (void)suggested;
+    if (!c->buf) {
+        size_t want = conn_cfg(c)->limits.max_header_bytes + 1;
+        c->cap = want > GH_BUF_SIZE ? want : GH_BUF_SIZE;
+        c->buf = malloc(c->cap);
+        c->off = c->len = 0;
+        if (!c->buf) {
+            buf->base = NULL;
+            buf->len = 0;
+            return;
+        }
+    }
+    /* Compact unless spans into the buffer are still being written. */
+    bool pinned = c->req && (c->req->upstream_writing || c->req->phase == GH_R_ROUTING);
+    if (c->off > 0 && !pinned) {
+        memmove(c->buf, c->buf + c->off, c->len - c->off);
+        c->len -= c->off;
+        c->off = 0;
+    }
+    buf->base = c->buf + c->len;
+    buf->len = c->cap - c->len;
+}
+
+void gh__conn_update_read(gh_conn_t *c)
+{
+    bool want = c->state != GH_C_CLOSING && !c->peer_eof;
+    if (want && c->req) {
+        gh_req_t *r = c->req;
+        if (r->upstream_writing || r->phase == GH_R_ROUTING || r->phase == GH_R_LOCAL)
+            want = false;
+        else if (r->phase == GH_R_CONNECTING && r->has_body)
+            want = false;
+    }
+    if (want && c->buf && c->len == c->cap && c->off == 0)
+        want = false; /* full: wait until bytes are consumed */
+    if (want && !c->reading) {
+        if (gh_stream_read_start(&c->s.base) == 0)
+            c->reading = true;
+    } else if (!want && c->reading) {
+        gh_stream_read_stop(&c->s.base);
+        c->reading = false;
+    }
+}
+
+static void process_head(gh_conn_t *c);
+
+static void conn_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gh_conn_t *c = s->data;
+    (void)buf;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF || c->state == GH_C_HEAD) {
+            if (c->req)
+                c->req->status = c->req->status ? c->req->status : 499;
+            gh__conn_abort(c);
+            return;
+        }
+        c->peer_eof = true;
+        gh__conn_update_read(c);
+        if (c->req)
+            gh__proxy_client_eof(c->req);
+        return;
+    }
+    c->len += (size_t)nread;
+    c->last_io = uv_now(c->server->loop);
+    if (c->req)
+        c->req->bytes_in += (uint64_t)nread;
+    if (c->state == GH_C_HEAD) {
+        process_head(c);
+    } else if (c->req) {
+        gh__proxy_client_data(c->req);
+    }
+    if (c->state != GH_C_CLOSING)
+        gh__conn_update_read(c);
+}
+
+/* ---- request start ---- */
+
+static bool header_value_is(const gh_h1_header_t *h, const char *lc)
+{
+    size_t n = strlen(lc);
+    if (h->value_len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = h->value[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch = (char)(ch + 32);
+        if (ch != lc[i])
+            return false;
+    }
+    return true;
+}
+
+static bool request_id_ok(const char *v, size_t n)
+{
+    if (n == 0 || n > 40)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = v[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              ch == '-' || ch == '_' || ch == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* Splits the request target into a normalised path and a raw query, and
+ * finds the host (absolute-form wins over Host, RFC 9112 3.2.2). Copies
+ * everything the request needs after its head bytes are gone. */
+static int request_strings(gh_req_t *r)
+{
+    const gh_h1_head_t *h = &r->head;
+    const char *t = h->target;
+    size_t tn = h->target_len;
+    const char *host = NULL;
+    size_t host_len = 0;
+
+    if (h->host_index >= 0) {
+        host = h->headers[h->host_index].value;
+        host_len = h->headers[h->host_index].value_len;
+    }
+    if (tn >= 7 && (strncasecmp(t, "http://", 7) == 0 || (tn >= 8 && strncasecmp(t, "https://", 8) == 0))) {
+        size_t skip = t[4] == ':' ? 7 : 8;
+        const char *a = t + skip;
+        const char *end = t + tn;
+        const char *slash = memchr(a, '/', (size_t)(end - a));
+        const char *q = memchr(a, '?', (size_t)(end - a));
+        const char *ae = slash ? slash : (q ? q : end);
+        if (q && q < ae)
+            ae = q;
+        host = a;
+        host_len = (size_t)(ae - a);
+        t = ae;
+        tn = (size_t)(end - ae);
+    }
+
+    const char *q = memchr(t, '?', tn);
+    size_t path_len = q ? (size_t)(q - t) : tn;
+    size_t query_len = q ? tn - path_len - 1 : 0;
+    const gh_h1_header_t *ua = NULL, *ref = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (GH_H1_NAME_IS(&h->headers[i], "user-agent"))
+            ua = &h->headers[i];
+        else if (GH_H1_NAME_IS(&h->headers[i], "referer"))
+            ref = &h->headers[i];
+    }
+    size_t need = host_len + 1 + path_len + 2 + query_len + 1 + (ua ? ua->value_len : 0) + 1 +
+                  (ref ? ref->value_len : 0) + 1 + 8;
+    char *p = malloc(need);
+    if (!p)
+        return 500;
+    r->strs = p;
+
+    r->host = p;
+    ssize_t hn = host_len ? gh_host_normalize(host, host_len, p, host_len + 1) : 0;
+    if (hn < 0)
+        return 400;
+    p[hn] = '\0';
+    p += hn + 1;
+
+    r->path = p;
+    if (path_len == 0) {
+        p[0] = '/';
+        p[1] = '\0';
+        p += 2;
+    } else if (path_len == 1 && t[0] == '*') {
+        p[0] = '*';
+        p[1] = '\0';
+        p += 2;
+    } else {
+        ssize_t pn = gh_path_normalize(t, path_len, p, path_len + 1);
+        if (pn < 0)
+            return 400;
+        p[pn] = '\0';
+        p += pn + 1;
+    }
+    if (q) {
+        r->query = p;
+        memcpy(p, q + 1, query_len);
+        p[query_len] = '\0';
+        p += query_len + 1;
+    }
+    if (ua) {
+        r->user_agent = p;
+        memcpy(p, ua->value, ua->value_len);
+        p[ua->value_len] = '\0';
+        p += ua->value_len + 1;
+    }
+    if (ref) {
+        r->referer = p;
+        memcpy(p, ref->value, ref->value_len);
+        p[ref->value_len] = '\0';
+    }
+    return 0;
+}
+
+static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
+{
+    gh_h1_head_t *h = &r->head;
+    gh_config_t *cfg = r->snap->cfg;
+
+    c->state = GH_C_REQUEST;
+    c->nrequests++;
+    r->phase = GH_R_ROUTING;
+    r->bytes_in = head_len;
+    size_t ml = h->method_len < sizeof r->method - 1 ? h->method_len : sizeof r->method - 1;
+    memcpy(r->method, h->method, ml);
+    r->method[ml] = '\0';
+    r->http10 = h->minor_version == 0;
+    r->client_keep_alive = r->http10 ? h->conn_keep_alive && !h->conn_close : !h->conn_close;
+    r->head_method = strcmp(r->method, "HEAD") == 0;
+    r->has_body = h->chunked || (h->has_content_length && h->content_length > 0);
+    r->body_chunked = h->chunked;
+    r->req_body_done = !r->has_body;
+    r->upgrade = h->conn_upgrade && h->has_upgrade && !r->has_body && !r->http10;
+
+    bool have_id = false;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gh_h1_header_t *f = &h->headers[i];
+        if (GH_H1_NAME_IS(f, "x-request-id") && request_id_ok(f->value, f->value_len)) {
+            memcpy(r->request_id, f->value, f->value_len);
+            r->request_id[f->value_len] = '\0';
+            have_id = true;
+        } else if (GH_H1_NAME_IS(f, "expect")) {
+            if (header_value_is(f, "100-continue"))
+                r->expect_continue = true;
+        }
+    }
+    if (!have_id)
+        gh__request_id(r->request_id);
+
+    /* llhttp takes over framing from here: give it the head now, the body as
+     * it arrives. The scanner has already refused everything ambiguous. */
+    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+    c->parser.data = r;
+    llhttp_errno_t e = llhttp_execute(&c->parser, c->buf + c->off, head_len);
+    if (e == HPE_PAUSED)
+        llhttp_resume(&c->parser);
+    else if (e == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&c->parser);
+    else if (e != HPE_OK) {
+        c->off += head_len;
+        r->resp_close = true;
+        gh__respond_error(r, 400);
+        return;
+    }
+
+    int st = request_strings(r);
+    if (st) {
+        c->off += head_len;
+        r->resp_close = true;
+        gh__respond_error(r, st);
+        return;
+    }
+
+    if (r->head.method_len == 7 && memcmp(r->head.method, "CONNECT", 7) == 0) {
+        c->off += head_len;
+        r->resp_close = true;
+        gh__respond_error(r, 405);
+        return;
+    }
+
+    /* Plain-HTTP listeners that only redirect to https, except for ACME
+     * HTTP-01 challenges, which must stay reachable over http. */
+    if (c->redirect_https && strncmp(r->path, "/.well-known/acme-challenge/", 28) != 0) {
+        c->off += head_len;
+        if (r->has_body)
+            r->resp_close = true;
+        size_t n = strlen(r->host) + strlen(r->path) + (r->query ? strlen(r->query) : 0) + 16;
+        char *loc = malloc(n);
+        if (!loc) {
+            gh__conn_abort(c);
+            return;
+        }
+        snprintf(loc, n, "https://%s%s%s%s", r->host, r->path, r->query ? "?" : "",
+                 r->query ? r->query : "");
+        gh__respond_redirect(r, loc, 308);
+        free(loc);
+        return;
+    }
+
+    r->route = gh_router_match(cfg->router, r->host, strlen(r->host), r->path, strlen(r->path));
+    if (!r->route) {
+        c->off += head_len;
+        if (r->has_body)
+            r->resp_close = true;
+        gh__respond_error(r, 404);
+        return;
+    }
+    if (r->route->action != GH_ACTION_UPSTREAM) {
+        c->off += head_len;
+        if (r->has_body)
+            r->resp_close = true;
+        gh__respond_route(r);
+        return;
+    }
+    if (h->has_content_length && h->content_length > r->route->max_body_bytes) {
+        c->off += head_len;
+        r->resp_close = true;
+        gh__respond_error(r, 413);
+        return;
+    }
+    /* The head's bytes stay in place (the buffer is not compacted while the
+     * request is routing), so the upstream head is built from its slices. */
+    c->off += head_len;
+    gh__proxy_start(r);
+}
+
+static void process_head(gh_conn_t *c)
+{
+    gh_config_t *cfg = c->server->snap->cfg;
+    size_t avail = c->len - c->off;
+    if (avail == 0) {
+        gh__conn_set_deadline(c, c->nrequests ? GH_T_IDLE : GH_T_HEADER);
+        return;
+    }
+    if (c->deadline != GH_T_HEADER)
+        gh__conn_set_deadline(c, GH_T_HEADER);
+
+    gh_req_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        gh__conn_abort(c);
+        return;
+    }
+    int rc = gh_h1_scan_request(c->buf + c->off, avail, cfg->limits.max_header_bytes, &r->head);
+    if (rc == 0) {
+        free(r);
+        return;
+    }
+    r->conn = c;
+    r->snap = c->server->snap;
+    gh__snapshot_retain(r->snap);
+    r->start_ns = now_ns();
+    c->req = r;
+    c->state = GH_C_REQUEST;
+    if (rc < 0) {
+        gh__request_id(r->request_id);
+        r->resp_close = true;
+        r->bytes_in = avail;
+        c->off = c->len;
+        gh__respond_error(r, -rc);
+        return;
+    }
+    start_request(c, r, (size_t)rc);
+}
+
+/* ---- request end ---- */
+
+void gh__conn_request_done(gh_conn_t *c)
+{
+    gh_req_t *r = c->req;
+    if (!r || c->state == GH_C_CLOSING)
+        return;
+    bool keep = r->client_keep_alive && !r->resp_close && r->req_body_done && !c->server->stopping &&
+                r->phase != GH_R_TUNNEL;
+    r->phase = GH_R_DONE;
+    gh__accesslog_write(r);
+    req_free(r);
+    c->req = NULL;
+    if (!keep) {
+        conn_linger(c);
+        return;
+    }
+    if (c->peer_eof && c->len == c->off) {
+        gh__conn_abort(c);
+        return;
+    }
+    c->state = GH_C_HEAD;
+    if (c->len == c->off) {
+        /* Idle keep-alive connections give their buffer back. */
+        free(c->buf);
+        c->buf = NULL;
+        c->cap = c->off = c->len = 0;
+    }
+    process_head(c);
+    if (c->state != GH_C_CLOSING)
+        gh__conn_update_read(c);
+}
+
+/* ---- llhttp callbacks for request bodies ---- */
+
+static int req_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    gh_req_t *r = p->data;
+    r->body_bytes += len;
+    if (r->route && r->body_bytes > r->route->max_body_bytes) {
+        r->too_large = true;
+        return HPE_USER;
+    }
+    if (r->body_chunked) {
+        /* Re-frame: one chunk per span, sized from the decoded length. */
+        int n = snprintf(r->qout + r->qout_len, 20, "%zx\r\n", len);
+        r->qout_len += (size_t)n;
+        memcpy(r->qout + r->qout_len, at, len);
+        r->qout_len += len;
+        memcpy(r->qout + r->qout_len, "\r\n", 2);
+        r->qout_len += 2;
+    } else if (r->nqiov < sizeof r->qiov / sizeof r->qiov[0]) {
+        r->qiov[r->nqiov++] = uv_buf_init((char *)at, (unsigned)len);
+    } else {
+        return HPE_USER; /* cannot happen: one span per execute for Content-Length */
+    }
+    return 0;
+}
+
+static int req_on_message_complete(llhttp_t *p)
+{
+    gh_req_t *r = p->data;
+    if (r->body_chunked && r->qout) {
+        memcpy(r->qout + r->qout_len, "0\r\n\r\n", 5);
+        r->qout_len += 5;
+    }
+    r->req_body_done = true;
+    return HPE_PAUSED;
+}
+
+/* ---- accepting ---- */
+
+void gh__conn_accept(gh_listener_t *l)
+{
+    gh_server_t *srv = l->server;
+    gh_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->server = srv;
+    c->listener = l;
+    c->redirect_https = l->redirect_https;
+    c->state = GH_C_HEAD;
+    gh_tcp_stream_init(&c->s, srv->loop);
+    c->s.base.data = c;
+    c->s.base.on_alloc = conn_alloc;
+    c->s.base.on_read = conn_read;
+    c->s.base.on_close = conn_stream_closed;
+    uv_timer_init(srv->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 2;
+
+    /* linked before any path can close it; the close path unlinks */
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->s.tcp) != 0) {
+        gh__conn_abort(c);
+        return;
+    }
+    int plen = sizeof c->peer;
+    uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&c->peer, &plen);
+    if (c->peer.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+    else if (c->peer.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+    uv_tcp_nodelay(&c->s.tcp, 1);
+
+    if (srv->stopping || srv->nconns > srv->snap->cfg->limits.max_connections) {
+        gh__conn_abort(c);
+        return;
+    }
+    gh__conn_set_deadline(c, GH_T_HEADER);
+    gh__conn_update_read(c);
+}

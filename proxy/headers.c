@@ -1,0 +1,341 @@
+/* The heads gatehouse writes on behalf of others: the request head sent
+ * upstream and the response head sent to the client. Both drop hop-by-hop
+ * fields (RFC 9110 7.6.1), including those named in Connection, and
+ * regenerate framing, so nothing ambiguous crosses the proxy. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "conf/config.h"
+#include "proxy/proxy.h"
+
+/* A fast generator for request ids: xoshiro-style state seeded once from
+ * the kernel. Ids need to be unique, not secret. */
+static uint64_t rid_state[2];
+
+static uint64_t rid_next(void)
+{
+    if (rid_state[0] == 0 && rid_state[1] == 0) {
+        if (getrandom(rid_state, sizeof rid_state, 0) != sizeof rid_state || (rid_state[0] | rid_state[1]) == 0) {
+            rid_state[0] = 0x9e3779b97f4a7c15ull;
+            rid_state[1] = (uint64_t)(uintptr_t)&rid_state;
+        }
+    }
+    uint64_t s0 = rid_state[0], s1 = rid_state[1];
+    uint64_t result = s0 + s1;
+    s1 ^= s0;
+    rid_state[0] = ((s0 << 55) | (s0 >> 9)) ^ s1 ^ (s1 << 14);
+    rid_state[1] = (s1 << 36) | (s1 >> 28);
+    return result;
+}
+
+void gh__request_id(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = rid_next(), b = rid_next();
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (60 - 4 * i)) & 15];
+        out[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    out[32] = '\0';
+}
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    bool overflow;
+} obuf_t;
+
+static void ob_put(obuf_t *o, const char *s, size_t n)
+{
+    if (o->len + n > o->cap) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+#define OB_LIT(o, lit) ob_put((o), lit, sizeof(lit) - 1)
+static void ob_str(obuf_t *o, const char *s) { ob_put(o, s, strlen(s)); }
+
+static void ob_header(obuf_t *o, const gh_h1_header_t *h)
+{
+    ob_put(o, h->name, h->name_len);
+    OB_LIT(o, ": ");
+    ob_put(o, h->value, h->value_len);
+    OB_LIT(o, "\r\n");
+}
+
+static bool ieq(const char *a, size_t an, const char *b, size_t bn)
+{
+    if (an != bn)
+        return false;
+    for (size_t i = 0; i < an; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (char)(y + 32);
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/* Is h named by a token in any Connection header of head? */
+static bool named_in_connection(const gh_h1_head_t *head, const gh_h1_header_t *h)
+{
+    for (size_t i = 0; i < head->nheaders; i++) {
+        const gh_h1_header_t *c = &head->headers[i];
+        if (!GH_H1_NAME_IS(c, "connection"))
+            continue;
+        const char *p = c->value, *end = c->value + c->value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > s && ieq(s, (size_t)(p - s), h->name, h->name_len))
+                return true;
+        }
+    }
+    return false;
+}
+
+static bool hop_by_hop(const gh_h1_header_t *h)
+{
+    return GH_H1_NAME_IS(h, "connection") || GH_H1_NAME_IS(h, "keep-alive") ||
+           GH_H1_NAME_IS(h, "proxy-connection") || GH_H1_NAME_IS(h, "te") ||
+           GH_H1_NAME_IS(h, "trailer") || GH_H1_NAME_IS(h, "transfer-encoding") ||
+           GH_H1_NAME_IS(h, "upgrade") || GH_H1_NAME_IS(h, "content-length");
+}
+
+/* The client address as the upstream should believe it: from a trusted
+ * proxy, the right-most address in X-Forwarded-For that is not itself a
+ * trusted proxy (or CF-Connecting-IP); otherwise the peer itself. */
+static void real_client(gh_req_t *r, const gh_h1_header_t *xff, const gh_h1_header_t *cf,
+                        char *out, size_t cap)
+{
+    gh_conn_t *c = r->conn;
+    const gh_config_t *cfg = r->snap->cfg;
+    snprintf(out, cap, "%s", c->peer_ip);
+    if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&c->peer))
+        return;
+    if (cf && cf->value_len > 0 && cf->value_len < cap) {
+        memcpy(out, cf->value, cf->value_len);
+        out[cf->value_len] = '\0';
+        return;
+    }
+    if (!xff)
+        return;
+    const char *end = xff->value + xff->value_len;
+    while (end > xff->value) {
+        const char *e = end;
+        while (e > xff->value && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        const char *s = e;
+        while (s > xff->value && s[-1] != ',')
+            s--;
+        const char *t = s;
+        while (t < e && (*t == ' ' || *t == '\t'))
+            t++;
+        size_t n = (size_t)(e - t);
+        if (n == 0 || n >= cap)
+            return;
+        char ip[64];
+        if (n >= sizeof ip)
+            return;
+        memcpy(ip, t, n);
+        ip[n] = '\0';
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof ss);
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (uv_inet_pton(AF_INET, ip, &s4->sin_addr) == 0)
+            ss.ss_family = AF_INET;
+        else if (uv_inet_pton(AF_INET6, ip, &s6->sin6_addr) == 0)
+            ss.ss_family = AF_INET6;
+        else
+            return; /* not an address: stop believing the chain here */
+        memcpy(out, ip, n + 1);
+        if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&ss))
+            return;
+        end = s > xff->value ? s - 1 : s;
+    }
+}
+
+char *gh__build_upstream_head(gh_req_t *r, size_t *len)
+{
+    const gh_h1_head_t *h = &r->head;
+    const gh_config_t *cfg = r->snap->cfg;
+    bool trusted = gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies,
+                                     (struct sockaddr *)&r->conn->peer);
+    const gh_h1_header_t *xff = NULL, *cf = NULL, *xfp = NULL, *host = NULL, *upg = NULL;
+    size_t total = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gh_h1_header_t *f = &h->headers[i];
+        total += f->name_len + f->value_len + 4;
+        if (GH_H1_NAME_IS(f, "x-forwarded-for"))
+            xff = f; /* the scanner keeps order; several are joined below */
+        else if (GH_H1_NAME_IS(f, "cf-connecting-ip"))
+            cf = f;
+        else if (GH_H1_NAME_IS(f, "x-forwarded-proto"))
+            xfp = f;
+        else if (GH_H1_NAME_IS(f, "host"))
+            host = f;
+        else if (GH_H1_NAME_IS(f, "upgrade"))
+            upg = f;
+    }
+    obuf_t o = { .cap = total + strlen(r->path) + (r->query ? strlen(r->query) : 0) +
+                        strlen(r->host) * 2 + 512 };
+    o.p = malloc(o.cap);
+    if (!o.p)
+        return NULL;
+
+    ob_str(&o, r->method);
+    OB_LIT(&o, " ");
+    ob_str(&o, r->path);
+    if (r->query) {
+        OB_LIT(&o, "?");
+        ob_str(&o, r->query);
+    }
+    OB_LIT(&o, " HTTP/1.1\r\nHost: ");
+    if (host && r->head.target[0] == '/')
+        ob_put(&o, host->value, host->value_len);
+    else
+        ob_str(&o, r->host);
+    OB_LIT(&o, "\r\n");
+
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gh_h1_header_t *f = &h->headers[i];
+        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "host") || GH_H1_NAME_IS(f, "expect") ||
+            GH_H1_NAME_IS(f, "x-real-ip") || GH_H1_NAME_IS(f, "x-forwarded-host") ||
+            GH_H1_NAME_IS(f, "x-forwarded-proto") || GH_H1_NAME_IS(f, "x-request-id") ||
+            GH_H1_NAME_IS(f, "x-forwarded-for") ||
+            (GH_H1_NAME_IS(f, "cf-connecting-ip") && !trusted) || named_in_connection(h, f))
+            continue;
+        ob_header(&o, f);
+    }
+    /* From a trusted proxy the chain is kept (repeated fields joined into
+     * one list) and extended; from anyone else it is not believed. */
+    OB_LIT(&o, "X-Forwarded-For: ");
+    if (trusted) {
+        for (size_t i = 0; i < h->nheaders; i++) {
+            const gh_h1_header_t *f = &h->headers[i];
+            if (GH_H1_NAME_IS(f, "x-forwarded-for") && f->value_len) {
+                ob_put(&o, f->value, f->value_len);
+                OB_LIT(&o, ", ");
+            }
+        }
+    }
+    ob_str(&o, r->conn->peer_ip);
+    OB_LIT(&o, "\r\n");
+
+    char ip[64];
+    real_client(r, xff, cf, ip, sizeof ip);
+    OB_LIT(&o, "X-Real-IP: ");
+    ob_str(&o, ip);
+    OB_LIT(&o, "\r\nX-Forwarded-Proto: ");
+    if (trusted && xfp)
+        ob_put(&o, xfp->value, xfp->value_len);
+    else
+        ob_str(&o, r->conn->listener && r->conn->listener->tls ? "https" : "http");
+    OB_LIT(&o, "\r\nX-Forwarded-Host: ");
+    ob_str(&o, r->host);
+    OB_LIT(&o, "\r\nX-Request-ID: ");
+    ob_str(&o, r->request_id);
+    OB_LIT(&o, "\r\n");
+
+    if (r->upgrade && upg) {
+        OB_LIT(&o, "Connection: upgrade\r\n");
+        ob_header(&o, upg);
+    } else if (r->body_chunked) {
+        OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
+    } else if (r->has_body) {
+        char cl[48];
+        int n = snprintf(cl, sizeof cl, "Content-Length: %llu\r\n",
+                         (unsigned long long)h->content_length);
+        ob_put(&o, cl, (size_t)n);
+    }
+    OB_LIT(&o, "\r\n");
+    if (o.overflow) {
+        free(o.p);
+        return NULL;
+    }
+    *len = o.len;
+    return o.p;
+}
+
+char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
+{
+    size_t total = 0;
+    const gh_h1_header_t *upg = NULL;
+    for (size_t i = 0; i < rh->nheaders; i++) {
+        total += rh->headers[i].name_len + rh->headers[i].value_len + 4;
+        if (GH_H1_NAME_IS(&rh->headers[i], "upgrade"))
+            upg = &rh->headers[i];
+    }
+    obuf_t o = { .cap = total + 256 };
+    o.p = malloc(o.cap);
+    if (!o.p)
+        return NULL;
+    char line[64];
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", rh->status);
+    ob_put(&o, line, (size_t)n);
+    /* Reason phrases carry no meaning (RFC 9112 section 4); send the standard one. */
+    const char *reason = gh__status_reason(rh->status);
+    ob_str(&o, reason);
+    OB_LIT(&o, "\r\n");
+
+    bool informational = rh->status < 200;
+    bool no_body = informational || rh->status == 204 || rh->status == 304 || r->head_method;
+    for (size_t i = 0; i < rh->nheaders; i++) {
+        const gh_h1_header_t *f = &rh->headers[i];
+        if (GH_H1_NAME_IS(f, "content-length") && no_body && !informational && rh->status != 204) {
+            ob_header(&o, f); /* HEAD and 304 describe the body they did not send */
+            continue;
+        }
+        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "x-request-id") || named_in_connection(rh, f))
+            continue;
+        ob_header(&o, f);
+    }
+    if (rh->status == 101) {
+        OB_LIT(&o, "Connection: upgrade\r\n");
+        if (upg)
+            ob_header(&o, upg);
+    }
+    if (!informational) {
+        OB_LIT(&o, "X-Request-ID: ");
+        ob_str(&o, r->request_id);
+        OB_LIT(&o, "\r\n");
+    }
+    if (!no_body) {
+        if (rh->has_content_length) {
+            n = snprintf(line, sizeof line, "Content-Length: %llu\r\n",
+                         (unsigned long long)rh->content_length);
+            ob_put(&o, line, (size_t)n);
+        } else if (!r->http10) {
+            OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
+            r->resp_chunked = true;
+        } else {
+            r->resp_until_close = true;
+            r->resp_close = true;
+        }
+    }
+    if (!informational) {
+        if (r->resp_close || !r->client_keep_alive)
+            OB_LIT(&o, "Connection: close\r\n");
+        else if (r->http10)
+            OB_LIT(&o, "Connection: keep-alive\r\n");
+    }
+    OB_LIT(&o, "\r\n");
+    if (o.overflow) {
+        free(o.p);
+        return NULL;
+    }
+    *len = o.len;
+    return o.p;
+}

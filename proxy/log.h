@@ -1,0 +1,16 @@
+/* Diagnostic log on stderr, one line an event, with a level from log_level. */
+#ifndef GH_LOG_H
+#define GH_LOG_H
+
+#include "conf/config-t.h"
+
+extern gh_log_level_t gh_log_level;
+
+void gh_log(gh_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define gh_log_error(...) gh_log(GH_LOG_ERROR, __VA_ARGS__)
+#define gh_log_warn(...) do { if (gh_log_level >= GH_LOG_WARN) gh_log(GH_LOG_WARN, __VA_ARGS__); } while (0)
+#define gh_log_info(...) do { if (gh_log_level >= GH_LOG_INFO) gh_log(GH_LOG_INFO, __VA_ARGS__); } while (0)
+#define gh_log_debug(...) do { if (gh_log_level >= GH_LOG_DEBUG) gh_log(GH_LOG_DEBUG, __VA_ARGS__); } while (0)
+
+#endif

@@ -1,0 +1,218 @@
+/* Types of the proxy core: the server, config snapshots with their runtime
+ * upstream state, client connections, requests and upstream connections.
+ * Functions live in proxy/proxy.h. */
+#ifndef GH_PROXY_T_H
+#define GH_PROXY_T_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+#include <llhttp.h>
+
+#include "conf/config-t.h"
+#include "proxy/h1scan.h"
+#include "proxy/stream.h"
+
+typedef struct gh_server gh_server_t;
+typedef struct gh_snapshot gh_snapshot_t;
+typedef struct gh_upstream gh_upstream_t;
+typedef struct gh_upserver gh_upserver_t;
+typedef struct gh_uconn gh_uconn_t;
+typedef struct gh_conn gh_conn_t;
+typedef struct gh_req gh_req_t;
+typedef struct gh_listener gh_listener_t;
+
+/* Read buffers: heads must fit whole, bodies move through in pieces. */
+#define GH_BUF_SIZE (64 * 1024)
+
+/* A config and the runtime state built for it. Requests hold a reference to
+ * the snapshot they started on; reload swaps server->snap. */
+struct gh_snapshot {
+    int refcount;
+    gh_server_t *server;
+    gh_config_t *cfg;
+    gh_upstream_t *ups;     /* one per cfg->upstreams[i] */
+};
+
+struct gh_upserver {
+    gh_upstream_t *up;
+    const gh_server_conf_t *conf;
+    struct sockaddr_storage addr;
+    bool have_addr;
+    bool numeric;           /* addr never expires */
+    uint64_t addr_expires;  /* uv_now() ms */
+    gh_uconn_t *idle;       /* pooled connections, most recent first */
+    unsigned nidle;
+    unsigned active;        /* requests using it now (least_conn) */
+    unsigned fails;         /* consecutive connect failures */
+    uint64_t down_until;    /* passive marking, uv_now() ms */
+};
+
+struct gh_upstream {
+    const gh_upstream_conf_t *conf;
+    gh_upserver_t *servers;
+    size_t n;
+    unsigned rr;
+};
+
+enum gh_uconn_state { GH_UC_CONNECTING, GH_UC_IDLE, GH_UC_ACTIVE, GH_UC_CLOSED };
+
+struct gh_uconn {
+    gh_tcp_stream_t s;
+    enum gh_uconn_state state;
+    gh_upserver_t *srv;     /* NULL once its snapshot is gone */
+    gh_req_t *req;          /* while active */
+    gh_uconn_t *prev, *next;/* pool links while idle */
+    char *buf;
+    size_t len;
+    llhttp_t parser;
+    gh_write_req_t wreq;
+    unsigned requests;      /* exchanges done on this connection */
+};
+
+enum gh_conn_state {
+    GH_C_HEAD,              /* waiting for (more of) a request head */
+    GH_C_REQUEST,           /* a request is being handled */
+    GH_C_CLOSING,
+};
+
+/* What the conn timer is measuring. */
+enum gh_deadline {
+    GH_T_NONE,
+    GH_T_HEADER,
+    GH_T_IDLE,
+    GH_T_CONNECT,
+    GH_T_FIRST_BYTE,
+    GH_T_STREAM,
+};
+
+struct gh_listener {
+    gh_server_t *server;
+    uv_tcp_t tcp;
+    const gh_listen_conf_t *conf;   /* of the snapshot it was opened with */
+    gh_listener_t *next;
+    bool redirect_https;
+    bool tls;
+};
+
+struct gh_conn {
+    gh_tcp_stream_t s;
+    gh_server_t *server;
+    gh_listener_t *listener;
+    bool redirect_https;
+    enum gh_conn_state state;
+    uv_timer_t timer;
+    enum gh_deadline deadline;
+    uint64_t last_io;       /* uv_now() of the last byte either way, for stream_idle */
+    int open_handles;
+    struct sockaddr_storage peer;
+    char peer_ip[48];
+    char *buf;              /* read buffer, GH_BUF_SIZE or more */
+    size_t cap, off, len;   /* unconsumed bytes are buf[off..len) */
+    llhttp_t parser;
+    gh_req_t *req;
+    gh_write_req_t wreq;    /* response bytes */
+    gh_write_req_t wreq_aux;/* 100 Continue */
+    unsigned nrequests;
+    bool reading;
+    bool peer_eof;          /* client half-closed */
+    gh_conn_t *prev, *next; /* server->conns */
+};
+
+enum gh_req_phase {
+    GH_R_ROUTING,
+    GH_R_CONNECTING,
+    GH_R_SENDING,           /* head sent or being sent, body streaming */
+    GH_R_WAITING,           /* request sent, waiting for the response head */
+    GH_R_RESPONDING,        /* response head sent, body streaming */
+    GH_R_TUNNEL,            /* after 101: bytes both ways */
+    GH_R_LOCAL,             /* answered by gatehouse itself */
+    GH_R_DONE,
+};
+
+struct gh_req {
+    gh_conn_t *conn;
+    gh_snapshot_t *snap;
+    const gh_route_conf_t *route;
+    enum gh_req_phase phase;
+    gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */
+    uint64_t start_ns;
+    char request_id[48];
+
+    /* copies for logs and redirects */
+    char method[24];
+    char *host;             /* normalised host */
+    char *path;             /* normalised path */
+    char *query;            /* raw query without '?', or NULL */
+    char *user_agent, *referer;
+    char *strs;             /* storage for the strings above */
+
+    bool http10;
+    bool client_keep_alive; /* the client may send another request after this one */
+    bool upgrade;           /* asked for a protocol upgrade */
+    bool head_method;
+    bool has_body;
+    bool body_chunked;
+    bool req_body_done;     /* client message fully read */
+    bool req_sent;          /* client message fully written upstream */
+    bool resp_started;      /* response head written to the client */
+    bool resp_done;         /* upstream message complete */
+    bool resp_close;        /* close the client connection after the response */
+    bool resp_chunked;      /* we frame the response body as chunked */
+    bool resp_until_close;  /* HTTP/1.0 client, unknown length: end by closing */
+    bool expect_continue;
+    bool client_writing;    /* a write to the client is in flight */
+    bool upstream_writing;  /* a write upstream is in flight */
+    bool retried_stale;
+    bool connect_timed_out;
+    int status;
+    uint64_t body_bytes;    /* request body bytes so far */
+    uint64_t bytes_in, bytes_out;
+
+    gh_upstream_t *up;
+    gh_upserver_t *srv;
+    const char *upstream_addr; /* last server tried, for the log */
+    gh_uconn_t *uc;
+    uint32_t tried;         /* bitmask of server indexes already tried (first 32) */
+    unsigned attempts;
+    struct gh_gai *gai;     /* DNS lookup in flight */
+
+    char *uhead;            /* request head as sent upstream (kept for retries) */
+    size_t uhead_len;
+    bool uhead_sent;
+    bool too_large;         /* request body went over max_body_bytes */
+    bool resp_head_parsed;  /* upstream response head seen (not 1xx) */
+    bool resp_head_pending; /* rhead still to be written with the next body bytes */
+    bool tunnel_up_eof, tunnel_down_eof;
+    size_t uc_consumed;     /* bytes of uc->buf already handed to llhttp */
+
+    /* request body on its way upstream */
+    char *qout;             /* chunk framing buffer */
+    size_t qout_len;
+    uv_buf_t qiov[4];
+    unsigned nqiov;
+    /* response on its way to the client */
+    char *pout;
+    size_t pout_len;
+    uv_buf_t piov[6];
+    unsigned npiov;
+    char *rhead;            /* response head as sent to the client */
+    size_t rhead_len;
+};
+
+struct gh_server {
+    uv_loop_t *loop;
+    gh_snapshot_t *snap;    /* current */
+    char *config_path;
+    gh_listener_t *listeners;
+    gh_conn_t *conns;       /* every open client connection */
+    unsigned nconns;
+    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_timer_t shutdown_timer;
+    uv_prepare_t flush;     /* flushes the access log once per loop turn */
+    bool stopping;
+    int exit_code;
+    uint64_t reloads_ok, reloads_failed;
+};
+
+#endif

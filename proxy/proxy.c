@@ -1,0 +1,664 @@
+/* Forwarding one request to an upstream and its response back, streaming
+ * both ways with backpressure: while a write to one side is in flight the
+ * other side is not read, so each direction holds at most one read buffer
+ * of data (GH_BUF_SIZE) whatever the size of the body.
+ *
+ * Bodies are re-framed on the way through: Content-Length bodies pass as
+ * zero-copy spans of the read buffer, chunked bodies are decoded by llhttp
+ * and written again as clean chunks. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+#include "proxy/proxy.h"
+
+static int resp_on_headers_complete(llhttp_t *p);
+static int resp_on_body(llhttp_t *p, const char *at, size_t len);
+static int resp_on_message_complete(llhttp_t *p);
+
+static const llhttp_settings_t resp_settings = {
+    .on_headers_complete = resp_on_headers_complete,
+    .on_body = resp_on_body,
+    .on_message_complete = resp_on_message_complete,
+};
+
+static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+static void acquire(gh_req_t *r);
+static void pump_request(gh_req_t *r);
+static void process_response(gh_req_t *r);
+static void tunnel_up(gh_req_t *r);
+static void tunnel_down(gh_req_t *r);
+
+static void touch(gh_req_t *r)
+{
+    r->conn->last_io = uv_now(r->conn->server->loop);
+}
+
+/* Detaches and closes the upstream connection of r, if any. */
+static void drop_upstream(gh_req_t *r, bool reusable)
+{
+    gh_uconn_t *uc = r->uc;
+    if (!uc)
+        return;
+    r->uc = NULL;
+    r->upstream_writing = false;
+    uc->req = NULL;
+    gh__uconn_release(uc, reusable);
+}
+
+void gh__proxy_release(gh_req_t *r)
+{
+    drop_upstream(r, false);
+    gh__upstream_cancel(r);
+}
+
+/* Something failed before or after the response began: a clean error answer
+ * when nothing was sent to the client yet, else a connection closed without
+ * a clean end so the client can never mistake it for a whole response. */
+static void fail(gh_req_t *r, int status)
+{
+    drop_upstream(r, false);
+    gh__upstream_cancel(r);
+    if (r->resp_head_parsed || r->resp_started || r->phase == GH_R_TUNNEL) {
+        if (!r->status)
+            r->status = status;
+        gh__conn_abort(r->conn);
+        return;
+    }
+    if (!r->req_body_done)
+        r->resp_close = true;
+    gh__respond_error(r, status);
+}
+
+void gh__proxy_start(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    r->up = &r->snap->ups[r->route->upstream->index];
+    r->uhead = gh__build_upstream_head(r, &r->uhead_len);
+    if (!r->uhead) {
+        r->resp_close = true;
+        gh__respond_error(r, 431);
+        return;
+    }
+    if (r->body_chunked) {
+        r->qout = malloc(c->cap + 64);
+        if (!r->qout) {
+            gh__conn_abort(c);
+            return;
+        }
+    }
+    r->phase = GH_R_CONNECTING;
+    gh__conn_set_deadline(c, GH_T_CONNECT);
+    acquire(r);
+}
+
+static void continue_written(gh_write_req_t *w, int status)
+{
+    (void)w;
+    (void)status; /* a failure shows up on the next write or read */
+}
+
+static void uc_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf);
+static void uc_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void uc_ready(gh_req_t *r, gh_uconn_t *uc, int status)
+{
+    gh_conn_t *c = r->conn;
+    if (status < 0 || !uc) {
+        /* Nothing reached the upstream: another server may take it. */
+        r->uc = NULL;
+        acquire(r);
+        return;
+    }
+    r->uc = uc;
+    uc->req = r;
+    uc->len = 0;
+    uc->s.base.data = uc;
+    uc->s.base.on_alloc = uc_alloc;
+    uc->s.base.on_read = uc_read;
+    r->uc_consumed = 0;
+    r->uhead_sent = false;
+    llhttp_init(&uc->parser, HTTP_RESPONSE, &resp_settings);
+    uc->parser.data = r;
+    r->phase = GH_R_SENDING;
+    gh__conn_set_deadline(c, GH_T_STREAM);
+    if (gh_stream_read_start(&uc->s.base) != 0) {
+        fail(r, 502);
+        return;
+    }
+    if (r->expect_continue && r->has_body && !r->req_body_done && c->off == c->len) {
+        uv_buf_t b = uv_buf_init((char *)continue_100, sizeof continue_100 - 1);
+        c->wreq_aux.data = c;
+        r->expect_continue = false;
+        gh_stream_write(&c->s.base, &c->wreq_aux, &b, 1, continue_written);
+    }
+    pump_request(r);
+    if (c->req == r)
+        gh__conn_update_read(c);
+}
+
+static void acquire(gh_req_t *r)
+{
+    gh__upstream_cancel(r);
+    r->phase = GH_R_CONNECTING;
+    int rc = gh__upstream_acquire(r, uc_ready);
+    if (rc < 0) {
+        gh_log_warn("request %s: upstream %s: %s", r->request_id, r->up->conf->name,
+                    rc == -503 ? "every server is down" : "no server could be reached");
+        fail(r, rc == -503 ? 503 : r->connect_timed_out ? 504 : 502);
+    }
+}
+
+/* ---- request body upstream ---- */
+
+static void upstream_written(gh_write_req_t *w, int status)
+{
+    gh_uconn_t *uc = w->data;
+    gh_req_t *r = uc->req;
+    if (!r)
+        return;
+    r->upstream_writing = false;
+    if (status < 0) {
+        /* A pooled connection the server had already closed: nothing of the
+         * request was taken, so a fresh connection may carry it once. */
+        if (uc->requests > 0 && !r->has_body && !r->resp_head_parsed && !r->retried_stale) {
+            r->retried_stale = true;
+            drop_upstream(r, false);
+            if (r->srv) {
+                size_t i = (size_t)(r->srv - r->up->servers);
+                if (i < 32)
+                    r->tried &= ~(1u << i);
+                r->attempts--;
+            }
+            acquire(r);
+            return;
+        }
+        gh_log_warn("request %s: write to upstream failed: %s", r->request_id, uv_strerror(status));
+        fail(r, 502);
+        return;
+    }
+    touch(r);
+    r->uhead_sent = true;
+    gh_conn_t *c = r->conn;
+    pump_request(r);
+    if (c->req == r)
+        gh__conn_update_read(c);
+}
+
+static void pump_request(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    gh_uconn_t *uc = r->uc;
+    if (r->upstream_writing || !uc || r->phase == GH_R_TUNNEL)
+        return;
+    uv_buf_t bufs[6];
+    unsigned n = 0;
+    if (!r->uhead_sent)
+        bufs[n++] = uv_buf_init(r->uhead, (unsigned)r->uhead_len);
+    r->nqiov = 0;
+    r->qout_len = 0;
+    if (r->has_body && !r->req_body_done && c->len > c->off && !r->resp_done) {
+        size_t avail = c->len - c->off;
+        const char *start = c->buf + c->off;
+        llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+        size_t used = avail;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
+            llhttp_resume(&c->parser);
+        } else if (e != HPE_OK) {
+            c->off = c->len;
+            r->resp_close = true;
+            if (r->too_large)
+                gh_log_info("request %s: body over %llu bytes", r->request_id,
+                            (unsigned long long)r->route->max_body_bytes);
+            fail(r, r->too_large ? 413 : 400);
+            return;
+        }
+        c->off += used;
+        for (unsigned i = 0; i < r->nqiov; i++)
+            bufs[n++] = r->qiov[i];
+        if (r->qout_len)
+            bufs[n++] = uv_buf_init(r->qout, (unsigned)r->qout_len);
+    }
+    if (n == 0) {
+        if (r->req_body_done && r->uhead_sent && !r->req_sent) {
+            r->req_sent = true;
+            if (r->phase == GH_R_SENDING) {
+                r->phase = GH_R_WAITING;
+                gh__conn_set_deadline(c, GH_T_FIRST_BYTE);
+            }
+        }
+        return;
+    }
+    r->upstream_writing = true;
+    uc->wreq.data = uc;
+    int rc = gh_stream_write(&uc->s.base, &uc->wreq, bufs, n, upstream_written);
+    if (rc < 0) {
+        r->upstream_writing = false;
+        fail(r, 502);
+    }
+}
+
+void gh__proxy_client_data(gh_req_t *r)
+{
+    if (r->phase == GH_R_SENDING)
+        pump_request(r);
+    else if (r->phase == GH_R_TUNNEL)
+        tunnel_up(r);
+}
+
+void gh__proxy_client_eof(gh_req_t *r)
+{
+    if (r->phase == GH_R_TUNNEL) {
+        r->tunnel_up_eof = true;
+        if (r->uc && !r->upstream_writing)
+            gh_stream_shutdown(&r->uc->s.base);
+        if (r->tunnel_down_eof)
+            gh__conn_request_done(r->conn);
+        return;
+    }
+    if (!r->req_body_done) {
+        /* gone in the middle of its own request */
+        r->status = 499;
+        gh__conn_abort(r->conn);
+    }
+}
+
+/* ---- response back to the client ---- */
+
+static void uc_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
+{
+    gh_uconn_t *uc = s->data;
+    (void)suggested;
+    if (!uc->buf) {
+        uc->buf = malloc(GH_BUF_SIZE);
+        if (!uc->buf) {
+            buf->base = NULL;
+            buf->len = 0;
+            return;
+        }
+    }
+    buf->base = uc->buf + uc->len;
+    buf->len = GH_BUF_SIZE - uc->len;
+}
+
+static void finish_response(gh_req_t *r)
+{
+    gh_uconn_t *uc = r->uc;
+    bool reusable = uc && r->req_sent && !r->upgrade && uc->len == r->uc_consumed &&
+                    llhttp_should_keep_alive(&uc->parser);
+    if (!r->req_sent)
+        r->resp_close = true; /* the rest of the request body was never read */
+    drop_upstream(r, reusable);
+    gh__upstream_cancel(r);
+    gh__conn_request_done(r->conn);
+}
+
+static void client_written(gh_write_req_t *w, int status)
+{
+    gh_conn_t *c = w->data;
+    gh_req_t *r = c->req;
+    if (!r || c->state == GH_C_CLOSING)
+        return;
+    r->client_writing = false;
+    if (status < 0) {
+        r->status = r->status ? r->status : 499;
+        gh__conn_abort(c);
+        return;
+    }
+    touch(r);
+    r->resp_started = true;
+    r->resp_head_pending = false;
+    gh_uconn_t *uc = r->uc;
+    if (r->phase == GH_R_TUNNEL) {
+        if (uc) {
+            uc->len = 0;
+            r->uc_consumed = 0;
+            if (!r->tunnel_down_eof)
+                gh_stream_read_start(&uc->s.base);
+        }
+        if (r->tunnel_down_eof) {
+            gh_stream_shutdown(&c->s.base);
+            if (r->tunnel_up_eof)
+                gh__conn_request_done(c);
+        }
+        return;
+    }
+    if (r->resp_done) {
+        finish_response(r);
+        return;
+    }
+    if (!uc) {
+        gh__conn_abort(c);
+        return;
+    }
+    if (r->uc_consumed == uc->len) {
+        uc->len = 0;
+        r->uc_consumed = 0;
+    }
+    if (gh_stream_read_start(&uc->s.base) != 0) {
+        fail(r, 502);
+        return;
+    }
+    if (uc->len > r->uc_consumed)
+        process_response(r);
+}
+
+/* Writes whatever the response has gathered: the head if not yet sent and
+ * the body pieces of the last parse. Returns false when there was nothing. */
+static bool flush_response(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    uv_buf_t bufs[8];
+    unsigned n = 0;
+    size_t total = 0;
+    if (r->resp_head_pending)
+        bufs[n++] = uv_buf_init(r->rhead, (unsigned)r->rhead_len);
+    for (unsigned i = 0; i < r->npiov; i++)
+        bufs[n++] = r->piov[i];
+    if (r->pout_len)
+        bufs[n++] = uv_buf_init(r->pout, (unsigned)r->pout_len);
+    r->npiov = 0;
+    r->pout_len = 0;
+    if (n == 0)
+        return false;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    r->bytes_out += total;
+    r->client_writing = true;
+    if (r->uc)
+        gh_stream_read_stop(&r->uc->s.base);
+    c->wreq.data = c;
+    if (gh_stream_write(&c->s.base, &c->wreq, bufs, n, client_written) != 0) {
+        r->client_writing = false;
+        gh__conn_abort(c);
+    }
+    return true;
+}
+
+static void enter_tunnel(gh_req_t *r)
+{
+    r->phase = GH_R_TUNNEL;
+    r->req_body_done = true;
+    r->req_sent = true;
+    gh__conn_set_deadline(r->conn, GH_T_STREAM);
+}
+
+static void process_response(gh_req_t *r)
+{
+    gh_uconn_t *uc = r->uc;
+    gh_conn_t *c = r->conn;
+    while (!r->resp_head_parsed) {
+        gh_h1_head_t *rh = &r->head; /* the request's slices are no longer needed */
+        size_t avail = uc->len - r->uc_consumed;
+        int rc = gh_h1_scan_response(uc->buf + r->uc_consumed, avail, GH_BUF_SIZE, rh);
+        if (rc == 0) {
+            if (uc->len == GH_BUF_SIZE) {
+                gh_log_warn("request %s: upstream response head too large", r->request_id);
+                fail(r, 502);
+            }
+            return;
+        }
+        if (rc < 0) {
+            gh_log_warn("request %s: malformed response from upstream %s", r->request_id,
+                        r->srv ? r->srv->conf->authority : "?");
+            fail(r, 502);
+            return;
+        }
+        if (rh->status < 200 && rh->status != 101) {
+            /* Interim responses (100, 103) are not relayed: gatehouse answers
+             * Expect itself, and early hints are optional. */
+            r->uc_consumed += (size_t)rc;
+            continue;
+        }
+        if (rh->status == 101 && !r->upgrade) {
+            fail(r, 502);
+            return;
+        }
+        r->status = rh->status;
+        r->resp_head_parsed = true;
+        r->phase = GH_R_RESPONDING;
+        gh__conn_set_deadline(c, GH_T_STREAM);
+        free(r->rhead);
+        r->rhead = gh__build_response_head(r, rh, &r->rhead_len);
+        if (!r->rhead) {
+            r->resp_head_parsed = false;
+            fail(r, 502);
+            return;
+        }
+        r->resp_head_pending = true;
+        if (rh->status == 101) {
+            r->uc_consumed += (size_t)rc;
+            enter_tunnel(r);
+            /* bytes after the 101 head already belong to the new protocol */
+            if (uc->len > r->uc_consumed)
+                r->piov[r->npiov++] = uv_buf_init(uc->buf + r->uc_consumed,
+                                                  (unsigned)(uc->len - r->uc_consumed));
+            r->uc_consumed = uc->len;
+            flush_response(r);
+            if (c->len > c->off)
+                tunnel_up(r);
+            return;
+        }
+        if (r->resp_chunked && !r->pout) {
+            r->pout = malloc(GH_BUF_SIZE + 64);
+            if (!r->pout) {
+                gh__conn_abort(c);
+                return;
+            }
+        }
+        llhttp_errno_t e = llhttp_execute(&uc->parser, uc->buf + r->uc_consumed, (size_t)rc);
+        if (e == HPE_PAUSED)
+            llhttp_resume(&uc->parser);
+        else if (e != HPE_OK) {
+            fail(r, 502);
+            return;
+        }
+        r->uc_consumed += (size_t)rc;
+    }
+    if (uc->len > r->uc_consumed && !r->resp_done) {
+        const char *start = uc->buf + r->uc_consumed;
+        size_t avail = uc->len - r->uc_consumed;
+        llhttp_errno_t e = llhttp_execute(&uc->parser, start, avail);
+        size_t used = avail;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&uc->parser) - start);
+            llhttp_resume(&uc->parser);
+        } else if (e != HPE_OK) {
+            gh_log_warn("request %s: malformed response body from upstream: %s", r->request_id,
+                        llhttp_errno_name(e));
+            fail(r, 502);
+            return;
+        }
+        r->uc_consumed += used;
+    }
+    if (!flush_response(r) && r->resp_done)
+        finish_response(r);
+}
+
+static void upstream_eof(gh_req_t *r, ssize_t err)
+{
+    gh_uconn_t *uc = r->uc;
+    if (r->phase == GH_R_TUNNEL) {
+        r->tunnel_down_eof = true;
+        gh_stream_read_stop(&uc->s.base);
+        if (err != UV_EOF) {
+            gh__conn_abort(r->conn);
+            return;
+        }
+        if (!r->client_writing) {
+            gh_stream_shutdown(&r->conn->s.base);
+            if (r->tunnel_up_eof)
+                gh__conn_request_done(r->conn);
+        }
+        return;
+    }
+    if (!r->resp_head_parsed) {
+        if (uc->requests > 0 && !r->has_body && !r->retried_stale && uc->len == 0) {
+            r->retried_stale = true;
+            drop_upstream(r, false);
+            if (r->srv) {
+                size_t i = (size_t)(r->srv - r->up->servers);
+                if (i < 32)
+                    r->tried &= ~(1u << i);
+                r->attempts--;
+            }
+            acquire(r);
+            return;
+        }
+        gh_log_warn("request %s: upstream %s closed before responding",
+                    r->request_id, r->srv ? r->srv->conf->authority : "?");
+        fail(r, 502);
+        return;
+    }
+    if (err == UV_EOF && llhttp_finish(&uc->parser) == HPE_OK && r->resp_done) {
+        /* a body delimited by the end of the connection is complete */
+        gh_stream_read_stop(&uc->s.base);
+        uc->parser.flags |= F_CONNECTION_CLOSE;
+        if (!flush_response(r))
+            finish_response(r);
+        return;
+    }
+    gh_log_warn("request %s: upstream %s ended the response early", r->request_id,
+                r->srv ? r->srv->conf->authority : "?");
+    fail(r, 502);
+}
+
+static void uc_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gh_uconn_t *uc = s->data;
+    gh_req_t *r = uc->req;
+    (void)buf;
+    if (!r) {
+        uc->state = GH_UC_CLOSED;
+        gh_stream_close(&uc->s.base);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        upstream_eof(r, nread);
+        return;
+    }
+    uc->len += (size_t)nread;
+    touch(r);
+    if (r->phase == GH_R_TUNNEL)
+        tunnel_down(r);
+    else
+        process_response(r);
+}
+
+/* ---- llhttp callbacks for responses ---- */
+
+static int resp_on_headers_complete(llhttp_t *p)
+{
+    gh_req_t *r = p->data;
+    return r->head_method ? 1 : 0;
+}
+
+static int resp_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    gh_req_t *r = p->data;
+    if (r->resp_chunked) {
+        int n = snprintf(r->pout + r->pout_len, 20, "%zx\r\n", len);
+        r->pout_len += (size_t)n;
+        memcpy(r->pout + r->pout_len, at, len);
+        r->pout_len += len;
+        memcpy(r->pout + r->pout_len, "\r\n", 2);
+        r->pout_len += 2;
+        return 0;
+    }
+    if (r->npiov >= sizeof r->piov / sizeof r->piov[0])
+        return HPE_USER;
+    r->piov[r->npiov++] = uv_buf_init((char *)at, (unsigned)len);
+    return 0;
+}
+
+static int resp_on_message_complete(llhttp_t *p)
+{
+    gh_req_t *r = p->data;
+    if (r->resp_chunked) {
+        memcpy(r->pout + r->pout_len, "0\r\n\r\n", 5);
+        r->pout_len += 5;
+    }
+    r->resp_done = true;
+    return HPE_PAUSED;
+}
+
+/* ---- WebSocket and other upgrades: bytes both ways ---- */
+
+static void tunnel_up_written(gh_write_req_t *w, int status)
+{
+    gh_uconn_t *uc = w->data;
+    gh_req_t *r = uc->req;
+    if (!r)
+        return;
+    r->upstream_writing = false;
+    if (status < 0) {
+        gh__conn_abort(r->conn);
+        return;
+    }
+    touch(r);
+    gh_conn_t *c = r->conn;
+    c->off = c->len;
+    if (r->tunnel_up_eof)
+        gh_stream_shutdown(&uc->s.base);
+    gh__conn_update_read(c);
+}
+
+static void tunnel_up(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    gh_uconn_t *uc = r->uc;
+    if (r->upstream_writing || !uc || c->len == c->off)
+        return;
+    uv_buf_t b = uv_buf_init(c->buf + c->off, (unsigned)(c->len - c->off));
+    r->upstream_writing = true;
+    uc->wreq.data = uc;
+    if (gh_stream_write(&uc->s.base, &uc->wreq, &b, 1, tunnel_up_written) != 0) {
+        r->upstream_writing = false;
+        gh__conn_abort(c);
+        return;
+    }
+    gh__conn_update_read(c);
+}
+
+static void tunnel_down(gh_req_t *r)
+{
+    gh_uconn_t *uc = r->uc;
+    if (r->client_writing || uc->len == r->uc_consumed)
+        return;
+    r->piov[r->npiov++] = uv_buf_init(uc->buf + r->uc_consumed, (unsigned)(uc->len - r->uc_consumed));
+    r->uc_consumed = uc->len;
+    flush_response(r);
+}
+
+/* ---- timeouts ---- */
+
+void gh__proxy_timeout(gh_req_t *r, enum gh_deadline d)
+{
+    switch (d) {
+    case GH_T_CONNECT:
+        gh_log_warn("request %s: connect to upstream %s timed out", r->request_id,
+                    r->srv ? r->srv->conf->authority : "?");
+        if (r->srv)
+            gh__upserver_failed(r->srv, uv_now(r->conn->server->loop));
+        drop_upstream(r, false);
+        r->connect_timed_out = true;
+        gh__conn_set_deadline(r->conn, GH_T_CONNECT);
+        acquire(r);
+        return;
+    case GH_T_FIRST_BYTE:
+        gh_log_warn("request %s: no response from upstream %s within upstream_first_byte",
+                    r->request_id, r->srv ? r->srv->conf->authority : "?");
+        fail(r, 504);
+        return;
+    case GH_T_STREAM:
+        gh_log_warn("request %s: stream idle for stream_idle, closing", r->request_id);
+        fail(r, 504);
+        return;
+    default:
+        return;
+    }
+}

@@ -1,0 +1,67 @@
+/* Functions of the proxy core. Types are in proxy/proxy-t.h.
+ * Cross-file internals carry the gh__ prefix. */
+#ifndef GH_PROXY_H
+#define GH_PROXY_H
+
+#include "proxy/proxy-t.h"
+
+/* server.c: runs until stopped; returns the process exit code. Takes
+ * ownership of cfg. */
+int gh_server_run(const char *config_path, gh_config_t *cfg);
+gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg);
+void gh__snapshot_retain(gh_snapshot_t *s);
+void gh__snapshot_release(gh_snapshot_t *s);
+void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c);
+
+/* conn.c: the client side of HTTP/1.1. */
+void gh__conn_accept(gh_listener_t *l);
+/* The response is fully written (or the request ended otherwise): log it,
+ * then carry on with the next request or close. */
+void gh__conn_request_done(gh_conn_t *c);
+/* Close the client connection now, without a clean end. */
+void gh__conn_abort(gh_conn_t *c);
+void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d);
+/* Re-evaluates whether the client should be read now. */
+void gh__conn_update_read(gh_conn_t *c);
+void gh__conn_close_idle(gh_conn_t *c);
+
+/* respond.c: answers made by gatehouse itself. */
+void gh__respond_error(gh_req_t *r, int status);
+void gh__respond(gh_req_t *r, int status, const char *content_type,
+                 const char *extra_headers, const char *body, size_t body_len);
+void gh__respond_redirect(gh_req_t *r, const char *location, int status);
+void gh__respond_route(gh_req_t *r);     /* respond: / redirect: actions */
+const char *gh__status_reason(int status);
+
+/* proxy.c: forwarding a request to an upstream and the response back. */
+void gh__proxy_start(gh_req_t *r);
+void gh__proxy_client_data(gh_req_t *r); /* new client bytes in conn->buf */
+void gh__proxy_client_eof(gh_req_t *r);
+void gh__proxy_release(gh_req_t *r);     /* the client side is going away */
+void gh__proxy_timeout(gh_req_t *r, enum gh_deadline d);
+
+/* upstream.c: server choice, pools and connections. */
+typedef void (*gh_uconn_ready_cb)(gh_req_t *r, gh_uconn_t *uc, int status);
+/* Picks a server not yet tried and hands back a pooled or new connection
+ * through cb. Returns 0, or -503 when every server is marked down, or -502
+ * when every server was tried. */
+int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb);
+void gh__upstream_cancel(gh_req_t *r);
+/* Gives a finished connection back: pooled when reusable, else closed. */
+void gh__uconn_release(gh_uconn_t *uc, bool reusable);
+void gh__upstream_init(gh_snapshot_t *s);
+void gh__upstream_fini(gh_snapshot_t *s);
+void gh__upserver_failed(gh_upserver_t *srv, uint64_t now);
+
+/* headers.c: heads that gatehouse writes. Each returns a malloc'd buffer. */
+char *gh__build_upstream_head(gh_req_t *r, size_t *len);
+/* rh is the scanned upstream response head (slices into buf). */
+char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len);
+void gh__request_id(char out[33]);
+
+/* accesslog.c */
+int gh__accesslog_open(const gh_config_t *cfg);
+void gh__accesslog_write(gh_req_t *r);
+void gh__accesslog_flush(void);
+
+#endif

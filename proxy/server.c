@@ -1,0 +1,324 @@
+/* The server: listeners, signals, config snapshots and their reload,
+ * graceful stop. One libuv loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conf/config.h"
+#include "proxy/log.h"
+#include "proxy/proxy.h"
+
+gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg)
+{
+    gh_snapshot_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->refcount = 1;
+    s->server = srv;
+    s->cfg = cfg;
+    gh__upstream_init(s);
+    return s;
+}
+
+void gh__snapshot_retain(gh_snapshot_t *s)
+{
+    s->refcount++;
+}
+
+void gh__snapshot_release(gh_snapshot_t *s)
+{
+    if (--s->refcount > 0)
+        return;
+    gh__upstream_fini(s);
+    gh_config_release(s->cfg);
+    free(s);
+}
+
+/* ---- listeners ---- */
+
+static void on_connection(uv_stream_t *h, int status)
+{
+    gh_listener_t *l = h->data;
+    if (status < 0) {
+        gh_log_warn("accept on %s: %s", l->conf->address, uv_strerror(status));
+        return;
+    }
+    gh__conn_accept(l);
+}
+
+static void listener_closed(uv_handle_t *h);
+
+static gh_listener_t *listener_open(gh_server_t *srv, const gh_listen_conf_t *lc)
+{
+    gh_listener_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->server = srv;
+    l->conf = lc;
+    l->redirect_https = lc->redirect_https;
+    l->tls = lc->tls;
+    uv_tcp_init(srv->loop, &l->tcp);
+    l->tcp.data = l;
+    int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&lc->addr,
+                         lc->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    if (rc != 0) {
+        gh_log_error("%s:%u:%u: cannot listen on %s: %s", lc->loc.file, lc->loc.line,
+                     lc->loc.col, lc->address, uv_strerror(rc));
+        uv_close((uv_handle_t *)&l->tcp, listener_closed);
+        return NULL;
+    }
+    gh_log_info("listening on %s%s", lc->address, lc->redirect_https ? " (redirect to https)" : "");
+    return l;
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void listener_close(gh_listener_t *l)
+{
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
+}
+
+/* Opens what the new config adds, keeps the sockets of addresses it still
+ * has (their backlog included) and closes the rest. Returns -1 if a new
+ * address cannot be opened; nothing is closed then. */
+static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
+{
+    gh_listener_t *keep = NULL, *fresh = NULL;
+    gh_listener_t **claimed = calloc(cfg->nlistens ? cfg->nlistens : 1, sizeof *claimed);
+    if (!claimed)
+        return -1;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        const gh_listen_conf_t *lc = &cfg->listens[i];
+        for (gh_listener_t *l = srv->listeners; l; l = l->next) {
+            if (strcmp(l->conf->address, lc->address) == 0 && l->tls == lc->tls) {
+                claimed[i] = l;
+                break;
+            }
+        }
+        if (!claimed[i]) {
+            gh_listener_t *l = listener_open(srv, lc);
+            if (!l) {
+                while (fresh) {
+                    gh_listener_t *n = fresh->next;
+                    listener_close(fresh);
+                    fresh = n;
+                }
+                free(claimed);
+                return -1;
+            }
+            l->next = fresh;
+            fresh = l;
+            claimed[i] = l;
+        }
+    }
+    /* close the ones no longer wanted */
+    gh_listener_t *l = srv->listeners;
+    while (l) {
+        gh_listener_t *n = l->next;
+        bool wanted = false;
+        for (size_t i = 0; i < cfg->nlistens; i++)
+            if (claimed[i] == l)
+                wanted = true;
+        if (!wanted) {
+            gh_log_info("closing listener %s", l->conf->address);
+            listener_close(l);
+        }
+        l = n;
+    }
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        claimed[i]->conf = &cfg->listens[i];
+        claimed[i]->redirect_https = cfg->listens[i].redirect_https;
+        claimed[i]->next = keep;
+        keep = claimed[i];
+    }
+    srv->listeners = keep;
+    free(claimed);
+    return 0;
+}
+
+/* ---- reload and stop ---- */
+
+static void reload(gh_server_t *srv)
+{
+    gh_errors_t errs;
+    gh_errors_init(&errs);
+    gh_config_t *cfg = gh_config_load(srv->config_path, &errs);
+    if (!cfg) {
+        for (size_t i = 0; i < errs.n; i++)
+            gh_log_error("reload failed: %s", errs.lines[i]);
+        gh_errors_free(&errs);
+        srv->reloads_failed++;
+        return;
+    }
+    for (size_t i = 0; i < errs.n; i++)
+        gh_log_warn("%s", errs.lines[i]);
+    gh_errors_free(&errs);
+    if (listeners_apply(srv, cfg) != 0) {
+        gh_config_release(cfg);
+        srv->reloads_failed++;
+        gh_log_error("reload failed: keeping the running configuration");
+        return;
+    }
+    gh_snapshot_t *old = srv->snap;
+    srv->snap = gh__snapshot_new(srv, cfg);
+    gh_log_level = cfg->log_level;
+    gh__snapshot_release(old);
+    srv->reloads_ok++;
+    gh_log_info("configuration reloaded from %s", srv->config_path);
+}
+
+static void finish_stop(gh_server_t *srv)
+{
+    uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    uv_close((uv_handle_t *)&srv->sig_term, NULL);
+    uv_close((uv_handle_t *)&srv->sig_int, NULL);
+    uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
+    uv_close((uv_handle_t *)&srv->flush, NULL);
+    if (srv->snap) {
+        gh__snapshot_release(srv->snap);
+        srv->snap = NULL;
+    }
+}
+
+void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (srv->conns == c)
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->nconns--;
+    if (srv->stopping && srv->nconns == 0 && srv->snap)
+        finish_stop(srv);
+}
+
+static void shutdown_expired(uv_timer_t *t)
+{
+    gh_server_t *srv = t->data;
+    gh_log_warn("shutdown timeout: closing %u connection(s)", srv->nconns);
+    for (gh_conn_t *c = srv->conns, *n; c; c = n) {
+        n = c->next;
+        gh__conn_abort(c);
+    }
+}
+
+static void begin_stop(gh_server_t *srv)
+{
+    if (srv->stopping) {
+        gh_log_warn("second stop signal: exiting now");
+        gh__accesslog_flush();
+        exit(0);
+    }
+    srv->stopping = true;
+    gh_log_info("stopping: %u connection(s) to finish", srv->nconns);
+    for (gh_listener_t *l = srv->listeners, *n; l; l = n) {
+        n = l->next;
+        listener_close(l);
+    }
+    srv->listeners = NULL;
+    for (gh_conn_t *c = srv->conns, *n; c; c = n) {
+        n = c->next;
+        gh__conn_close_idle(c);
+    }
+    if (srv->nconns == 0) {
+        finish_stop(srv);
+        return;
+    }
+    uv_timer_start(&srv->shutdown_timer, shutdown_expired, srv->snap->cfg->timeouts.shutdown_ms, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    gh_server_t *srv = h->data;
+    if (signum == SIGHUP) {
+        if (!srv->stopping)
+            reload(srv);
+        return;
+    }
+    begin_stop(srv);
+}
+
+static void on_prepare(uv_prepare_t *p)
+{
+    (void)p;
+    gh__accesslog_flush();
+}
+
+static int write_pid_file(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%ld\n", (long)getpid());
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int gh_server_run(const char *config_path, gh_config_t *cfg)
+{
+    static gh_server_t srv_storage;
+    gh_server_t *srv = &srv_storage;
+    memset(srv, 0, sizeof *srv);
+    srv->loop = uv_default_loop();
+    srv->config_path = (char *)config_path;
+    gh_log_level = cfg->log_level;
+    signal(SIGPIPE, SIG_IGN);
+
+    if (gh__accesslog_open(cfg) != 0) {
+        gh_config_release(cfg);
+        return 1;
+    }
+    if (cfg->workers != 1)
+        gh_log_warn("workers: %u is not supported yet; running one event loop", cfg->workers);
+    srv->snap = gh__snapshot_new(srv, cfg);
+    if (listeners_apply(srv, cfg) != 0) {
+        gh__snapshot_release(srv->snap);
+        uv_run(srv->loop, UV_RUN_NOWAIT);
+        return 1;
+    }
+    char *pid_file = cfg->pid_file ? strdup(cfg->pid_file) : NULL;
+    if (pid_file && write_pid_file(pid_file) != 0) {
+        gh_log_error("cannot write pid_file %s: %s", pid_file, strerror(errno));
+        free(pid_file);
+        return 1;
+    }
+
+    uv_signal_init(srv->loop, &srv->sig_hup);
+    uv_signal_init(srv->loop, &srv->sig_term);
+    uv_signal_init(srv->loop, &srv->sig_int);
+    srv->sig_hup.data = srv->sig_term.data = srv->sig_int.data = srv;
+    uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+    uv_timer_init(srv->loop, &srv->shutdown_timer);
+    srv->shutdown_timer.data = srv;
+    uv_prepare_init(srv->loop, &srv->flush);
+    uv_prepare_start(&srv->flush, on_prepare);
+    uv_unref((uv_handle_t *)&srv->flush);
+    gh_log_info("gatehouse %s started with %s", GH_VERSION, config_path);
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    gh__accesslog_flush();
+    if (pid_file) {
+        unlink(pid_file);
+        free(pid_file);
+    }
+    gh_log_info("stopped");
+    uv_loop_close(srv->loop);
+    return srv->exit_code;
+}
