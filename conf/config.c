@@ -275,7 +275,8 @@ static void decode_root(gh__decoder_t *d, const gh_node_t *root)
         gh__decode_routes(d, rk, gh_node_get(root, "routes"));
 
     gh_config_t *c = d->cfg;
-    if (c->nlistens == 0 && c->nconnects == 0) {
+    /* Only when nothing was written: a broken entry has its own error. */
+    if (!d->serves) {
         gh_loc_t loc = { c->file, 0, 0 };
         gh_errors_add(d->errs, &loc, "nothing to do: no listen or connect entries");
     }
@@ -354,7 +355,7 @@ gh_config_t *gh_config_load_buffer(const char *name, const char *data, size_t le
     c->file = gh_arena_strdup(a, name);
     set_defaults(c);
 
-    gh__decoder_t d = { c, a, errs, 0 };
+    gh__decoder_t d = { c, a, errs, 0, false };
     gh_node_t *root = gh__yaml_parse(a, c->file, data ? data : "", data ? len : 0, errs);
     if (root)
         decode_root(&d, root);

@@ -145,6 +145,8 @@ static void decode_one_connect(gh__decoder_t *d, const gh_node_t *m)
 void gh__decode_connect(gh__decoder_t *d, const gh_node_t *key, const gh_node_t *v)
 {
     gh__feature(d, GH_FEAT_CONNECT, key);
+    if (!gh_node_is_null(v) && (v->type != GH_NODE_SEQ || v->n > 0))
+        d->serves = true;
     if (gh_node_is_null(v) || gh_node_expect(d->errs, v, GH_NODE_SEQ) < 0)
         return;
     d->cfg->connects = gh_arena_alloc(d->arena, v->n * sizeof(*d->cfg->connects));

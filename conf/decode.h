@@ -17,6 +17,7 @@ typedef struct gh__decoder {
     gh_arena_t *arena;
     gh_errors_t *errs;
     size_t certs_written;   /* tls.certificates entries, readable or not */
+    bool serves;            /* listen or connect has entries, valid or not */
 } gh__decoder_t;
 
 /* Features the schema knows but the proxy does not serve yet. Their settings

@@ -85,7 +85,7 @@ void gh__conn_abort(gh_conn_t *c)
     }
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
-    gh_stream_close(&c->s.base);
+    gh_stream_close(c->stream);
 }
 
 void gh__conn_close_idle(gh_conn_t *c)
@@ -124,10 +124,10 @@ static void conn_linger(gh_conn_t *c)
         gh__conn_abort(c);
         return;
     }
-    c->s.base.on_read = linger_read;
-    c->s.base.on_alloc = linger_alloc;
-    gh_stream_shutdown(&c->s.base);
-    if (!c->reading && gh_stream_read_start(&c->s.base) == 0)
+    c->stream->on_read = linger_read;
+    c->stream->on_alloc = linger_alloc;
+    gh_stream_shutdown(c->stream);
+    if (!c->reading && gh_stream_read_start(c->stream) == 0)
         c->reading = true;
     c->deadline = GH_T_NONE;
     uv_timer_start(&c->timer, linger_timeout, LINGER_MS, 0);
@@ -253,10 +253,10 @@ void gh__conn_update_read(gh_conn_t *c)
     if (want && c->buf && c->len == c->cap && c->off == 0)
         want = false; /* full: wait until bytes are consumed */
     if (want && !c->reading) {
-        if (gh_stream_read_start(&c->s.base) == 0)
+        if (gh_stream_read_start(c->stream) == 0)
             c->reading = true;
     } else if (!want && c->reading) {
-        gh_stream_read_stop(&c->s.base);
+        gh_stream_read_stop(c->stream);
         c->reading = false;
     }
 }
@@ -648,10 +648,11 @@ void gh__conn_accept(gh_listener_t *l)
     c->redirect_https = l->redirect_https;
     c->state = GH_C_HEAD;
     gh_tcp_stream_init(&c->s, srv->loop);
-    c->s.base.data = c;
-    c->s.base.on_alloc = conn_alloc;
-    c->s.base.on_read = conn_read;
-    c->s.base.on_close = conn_stream_closed;
+    c->stream = &c->s.base;
+    c->stream->data = c;
+    c->stream->on_alloc = conn_alloc;
+    c->stream->on_read = conn_read;
+    c->stream->on_close = conn_stream_closed;
     uv_timer_init(srv->loop, &c->timer);
     c->timer.data = c;
     c->open_handles = 2;

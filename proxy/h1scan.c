@@ -538,12 +538,14 @@ static int scan(const char *buf, size_t len, size_t max, gh_h1_head_t *out, bool
          * by Content-Length or to EOF (RFC 9112 6.1: faulty framing). */
         if (out->minor_version == 0)
             return -400;
-        if (st.te_other)
-            return -501;
-        out->chunked = true;
     }
     if (!response && out->minor_version == 1 && out->nhost == 0)
         return -400;    /* RFC 9112 3.2 */
+    /* Last, so that every malformed head gets 400 and only a well-formed
+     * one with a coding we cannot decode gets 501. */
+    if (st.te_other)
+        return -501;
+    out->chunked = st.te_chunked;
 
     out->head_len = p;
     return (int)p;

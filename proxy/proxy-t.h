@@ -59,6 +59,7 @@ enum gh_uconn_state { GH_UC_CONNECTING, GH_UC_IDLE, GH_UC_ACTIVE, GH_UC_CLOSED }
 
 struct gh_uconn {
     gh_tcp_stream_t s;
+    gh_stream_t *stream;    /* &s.base, or a TLS stream over it */
     enum gh_uconn_state state;
     gh_upserver_t *srv;     /* NULL once its snapshot is gone */
     gh_req_t *req;          /* while active */
@@ -97,6 +98,7 @@ struct gh_listener {
 
 struct gh_conn {
     gh_tcp_stream_t s;
+    gh_stream_t *stream;    /* &s.base, or a TLS stream over it */
     gh_server_t *server;
     gh_listener_t *listener;
     bool redirect_https;

@@ -114,16 +114,16 @@ static void uc_ready(gh_req_t *r, gh_uconn_t *uc, int status)
     r->uc = uc;
     uc->req = r;
     uc->len = 0;
-    uc->s.base.data = uc;
-    uc->s.base.on_alloc = uc_alloc;
-    uc->s.base.on_read = uc_read;
+    uc->stream->data = uc;
+    uc->stream->on_alloc = uc_alloc;
+    uc->stream->on_read = uc_read;
     r->uc_consumed = 0;
     r->uhead_sent = false;
     llhttp_init(&uc->parser, HTTP_RESPONSE, &resp_settings);
     uc->parser.data = r;
     r->phase = GH_R_SENDING;
     gh__conn_set_deadline(c, GH_T_STREAM);
-    if (gh_stream_read_start(&uc->s.base) != 0) {
+    if (gh_stream_read_start(uc->stream) != 0) {
         fail(r, 502);
         return;
     }
@@ -131,7 +131,7 @@ static void uc_ready(gh_req_t *r, gh_uconn_t *uc, int status)
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof continue_100 - 1);
         c->wreq_aux.data = c;
         r->expect_continue = false;
-        gh_stream_write(&c->s.base, &c->wreq_aux, &b, 1, continue_written);
+        gh_stream_write(c->stream, &c->wreq_aux, &b, 1, continue_written);
     }
     pump_request(r);
     if (c->req == r)
@@ -233,7 +233,7 @@ static void pump_request(gh_req_t *r)
     }
     r->upstream_writing = true;
     uc->wreq.data = uc;
-    int rc = gh_stream_write(&uc->s.base, &uc->wreq, bufs, n, upstream_written);
+    int rc = gh_stream_write(uc->stream, &uc->wreq, bufs, n, upstream_written);
     if (rc < 0) {
         r->upstream_writing = false;
         fail(r, 502);
@@ -253,7 +253,7 @@ void gh__proxy_client_eof(gh_req_t *r)
     if (r->phase == GH_R_TUNNEL) {
         r->tunnel_up_eof = true;
         if (r->uc && !r->upstream_writing)
-            gh_stream_shutdown(&r->uc->s.base);
+            gh_stream_shutdown(r->uc->stream);
         if (r->tunnel_down_eof)
             gh__conn_request_done(r->conn);
         return;
@@ -316,10 +316,10 @@ static void client_written(gh_write_req_t *w, int status)
             uc->len = 0;
             r->uc_consumed = 0;
             if (!r->tunnel_down_eof)
-                gh_stream_read_start(&uc->s.base);
+                gh_stream_read_start(uc->stream);
         }
         if (r->tunnel_down_eof) {
-            gh_stream_shutdown(&c->s.base);
+            gh_stream_shutdown(c->stream);
             if (r->tunnel_up_eof)
                 gh__conn_request_done(c);
         }
@@ -337,7 +337,7 @@ static void client_written(gh_write_req_t *w, int status)
         uc->len = 0;
         r->uc_consumed = 0;
     }
-    if (gh_stream_read_start(&uc->s.base) != 0) {
+    if (gh_stream_read_start(uc->stream) != 0) {
         fail(r, 502);
         return;
     }
@@ -368,9 +368,9 @@ static bool flush_response(gh_req_t *r)
     r->bytes_out += total;
     r->client_writing = true;
     if (r->uc)
-        gh_stream_read_stop(&r->uc->s.base);
+        gh_stream_read_stop(r->uc->stream);
     c->wreq.data = c;
-    if (gh_stream_write(&c->s.base, &c->wreq, bufs, n, client_written) != 0) {
+    if (gh_stream_write(c->stream, &c->wreq, bufs, n, client_written) != 0) {
         r->client_writing = false;
         gh__conn_abort(c);
     }
@@ -482,13 +482,13 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
     gh_uconn_t *uc = r->uc;
     if (r->phase == GH_R_TUNNEL) {
         r->tunnel_down_eof = true;
-        gh_stream_read_stop(&uc->s.base);
+        gh_stream_read_stop(uc->stream);
         if (err != UV_EOF) {
             gh__conn_abort(r->conn);
             return;
         }
         if (!r->client_writing) {
-            gh_stream_shutdown(&r->conn->s.base);
+            gh_stream_shutdown(r->conn->stream);
             if (r->tunnel_up_eof)
                 gh__conn_request_done(r->conn);
         }
@@ -514,7 +514,7 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
     }
     if (err == UV_EOF && llhttp_finish(&uc->parser) == HPE_OK && r->resp_done) {
         /* a body delimited by the end of the connection is complete */
-        gh_stream_read_stop(&uc->s.base);
+        gh_stream_read_stop(uc->stream);
         uc->parser.flags |= F_CONNECTION_CLOSE;
         if (!flush_response(r))
             finish_response(r);
@@ -532,7 +532,7 @@ static void uc_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     (void)buf;
     if (!r) {
         uc->state = GH_UC_CLOSED;
-        gh_stream_close(&uc->s.base);
+        gh_stream_close(uc->stream);
         return;
     }
     if (nread == 0)
@@ -603,7 +603,7 @@ static void tunnel_up_written(gh_write_req_t *w, int status)
     gh_conn_t *c = r->conn;
     c->off = c->len;
     if (r->tunnel_up_eof)
-        gh_stream_shutdown(&uc->s.base);
+        gh_stream_shutdown(uc->stream);
     gh__conn_update_read(c);
 }
 
@@ -616,7 +616,7 @@ static void tunnel_up(gh_req_t *r)
     uv_buf_t b = uv_buf_init(c->buf + c->off, (unsigned)(c->len - c->off));
     r->upstream_writing = true;
     uc->wreq.data = uc;
-    if (gh_stream_write(&uc->s.base, &uc->wreq, &b, 1, tunnel_up_written) != 0) {
+    if (gh_stream_write(uc->stream, &uc->wreq, &b, 1, tunnel_up_written) != 0) {
         r->upstream_writing = false;
         gh__conn_abort(c);
         return;

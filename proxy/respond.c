@@ -113,7 +113,7 @@ void gh__respond(gh_req_t *r, int status, const char *content_type, const char *
     r->client_writing = true;
     c->wreq.data = c;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-    if (gh_stream_write(&c->s.base, &c->wreq, &b, 1, respond_written) != 0) {
+    if (gh_stream_write(c->stream, &c->wreq, &b, 1, respond_written) != 0) {
         r->client_writing = false;
         gh__conn_abort(c);
         return;

@@ -59,7 +59,7 @@ void gh__upstream_fini(gh_snapshot_t *s)
                 sv->idle = uc->next;
                 uc->srv = NULL;
                 uc->state = GH_UC_CLOSED;
-                gh_stream_close(&uc->s.base);
+                gh_stream_close(uc->stream);
             }
         }
         free(u->servers);
@@ -178,7 +178,7 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
             sv->idle->prev = NULL;
         sv->nidle--;
         uc->next = uc->prev = NULL;
-        gh_stream_read_stop(&uc->s.base);
+        gh_stream_read_stop(uc->stream);
         uc->state = GH_UC_ACTIVE;
         cb(r, uc, 0);
         return 0;
@@ -231,7 +231,7 @@ static void idle_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     uconn_unlink_idle(uc);
     uc->state = GH_UC_CLOSED;
-    gh_stream_close(&uc->s.base);
+    gh_stream_close(uc->stream);
 }
 
 void gh__uconn_release(gh_uconn_t *uc, bool reusable)
@@ -239,7 +239,7 @@ void gh__uconn_release(gh_uconn_t *uc, bool reusable)
     gh_upserver_t *sv = uc->srv;
     uc->req = NULL;
     uc->len = 0;
-    if (reusable && sv && sv->nidle < sv->up->conf->keepalive && !uc->s.base.closing) {
+    if (reusable && sv && sv->nidle < sv->up->conf->keepalive && !uc->stream->closing) {
         free(uc->buf);
         uc->buf = NULL;
         uc->state = GH_UC_IDLE;
@@ -250,14 +250,14 @@ void gh__uconn_release(gh_uconn_t *uc, bool reusable)
             sv->idle->prev = uc;
         sv->idle = uc;
         sv->nidle++;
-        uc->s.base.on_alloc = idle_alloc;
-        uc->s.base.on_read = idle_read;
-        if (gh_stream_read_start(&uc->s.base) == 0)
+        uc->stream->on_alloc = idle_alloc;
+        uc->stream->on_read = idle_read;
+        if (gh_stream_read_start(uc->stream) == 0)
             return;
         uconn_unlink_idle(uc);
     }
     uc->state = GH_UC_CLOSED;
-    gh_stream_close(&uc->s.base);
+    gh_stream_close(uc->stream);
 }
 
 static void connected(gh_stream_t *s, int status)
@@ -267,7 +267,7 @@ static void connected(gh_stream_t *s, int status)
     if (!r) {
         /* the request went away while connecting */
         uc->state = GH_UC_CLOSED;
-        gh_stream_close(&uc->s.base);
+        gh_stream_close(uc->stream);
         return;
     }
     gh_uconn_ready_cb cb = (gh_uconn_ready_cb)uc->wreq.data;
@@ -278,7 +278,7 @@ static void connected(gh_stream_t *s, int status)
         uc->req = NULL;
         r->uc = NULL;
         uc->state = GH_UC_CLOSED;
-        gh_stream_close(&uc->s.base);
+        gh_stream_close(uc->stream);
         cb(r, NULL, status);
         return;
     }
@@ -299,8 +299,9 @@ static void start_connect(gh_req_t *r, gh_upserver_t *sv, gh_uconn_ready_cb cb)
     uc->req = r;
     uc->state = GH_UC_CONNECTING;
     gh_tcp_stream_init(&uc->s, r->conn->server->loop);
-    uc->s.base.data = uc;
-    uc->s.base.on_close = uconn_closed;
+    uc->stream = &uc->s.base;
+    uc->stream->data = uc;
+    uc->stream->on_close = uconn_closed;
     uc->wreq.data = (void *)cb;
     r->uc = uc;
     int rc = gh_tcp_stream_connect(&uc->s, (struct sockaddr *)&sv->addr, connected);
@@ -308,7 +309,7 @@ static void start_connect(gh_req_t *r, gh_upserver_t *sv, gh_uconn_ready_cb cb)
         r->uc = NULL;
         uc->req = NULL;
         uc->state = GH_UC_CLOSED;
-        gh_stream_close(&uc->s.base);
+        gh_stream_close(uc->stream);
         gh__upserver_failed(sv, uv_now(r->conn->server->loop));
         cb(r, NULL, rc);
     }

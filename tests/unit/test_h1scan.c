@@ -429,6 +429,8 @@ static void test_transfer_encoding(void)
     CHECK_INT(req_with("Transfer-Encoding: ch unked"), -400);
     /* a framing error later in the head wins over an unknown coding */
     CHECK_INT(req_with("Transfer-Encoding: gzip\r\nContent-Length: 1"), -400);
+    CHECK_INT(req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), -400);
+    CHECK_INT(req_with("Transfer-Encoding: gzip\r\nX: \x01"), -400);
 
     /* HTTP/1.0 has no Transfer-Encoding */
     CHECK_INT(req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), -400);
