@@ -9,7 +9,9 @@
 #include <time.h>
 
 #include "conf/config.h"
+#include "proxy/admin.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy.h"
 #include "routes/router.h"
 
@@ -80,6 +82,7 @@ void gh__conn_abort(gh_conn_t *c)
         if (c->req->phase != GH_R_DONE && c->req->status == 0)
             c->req->status = 499;
         gh__accesslog_write(c->req);
+        gh_metrics_request(c->req);
         req_free(c->req);
         c->req = NULL;
     }
@@ -481,6 +484,14 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         return;
     }
 
+    if (c->listener->admin) {
+        c->off += head_len;
+        if (r->has_body)
+            r->resp_close = true;
+        gh__admin_handle(r);
+        return;
+    }
+
     /* Plain-HTTP listeners that only redirect to https, except for ACME
      * HTTP-01 challenges, which must stay reachable over http. */
     if (c->redirect_https && strncmp(r->path, "/.well-known/acme-challenge/", 28) != 0) {
@@ -576,6 +587,7 @@ void gh__conn_request_done(gh_conn_t *c)
                 r->phase != GH_R_TUNNEL;
     r->phase = GH_R_DONE;
     gh__accesslog_write(r);
+    gh_metrics_request(r);
     req_free(r);
     c->req = NULL;
     if (!keep) {

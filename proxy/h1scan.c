@@ -410,7 +410,9 @@ static int field(gh_h1_head_t *out, scan_state_t *st, const gh_h1_header_t *h, s
         }
         break;
     case 7:
-        if (GH_H1_NAME_IS(h, "upgrade"))
+        /* An empty Upgrade offers nothing; llhttp 8.1.0 ignores it too, and
+         * the proxy and llhttp must agree on whether a tunnel starts. */
+        if (GH_H1_NAME_IS(h, "upgrade") && h->value_len > 0)
             out->has_upgrade = true;
         break;
     case 10:

@@ -46,6 +46,12 @@ struct gh_upserver {
     unsigned active;        /* requests using it now (least_conn) */
     unsigned fails;         /* consecutive connect failures */
     uint64_t down_until;    /* passive marking, uv_now() ms */
+    /* active health checks (proxy/health.c) */
+    bool health_down;       /* failed `fall` checks in a row; skipped until `rise` pass */
+    unsigned health_ok, health_fail;   /* consecutive results */
+    uint64_t health_last_ms;           /* uv_now() of the last result */
+    char health_error[96];             /* why the last check failed */
+    void *health;                      /* the checker's own state */
 };
 
 struct gh_upstream {
@@ -94,6 +100,7 @@ struct gh_listener {
     gh_listener_t *next;
     bool redirect_https;
     bool tls;
+    bool admin;             /* the admin listener: requests go to proxy/admin.c */
 };
 
 struct gh_conn {
@@ -207,6 +214,7 @@ struct gh_server {
     gh_snapshot_t *snap;    /* current */
     char *config_path;
     gh_listener_t *listeners;
+    gh_listener_t *admin;   /* the admin listener, if configured */
     gh_conn_t *conns;       /* every open client connection */
     unsigned nconns;
     uv_signal_t sig_hup, sig_term, sig_int;
@@ -215,6 +223,10 @@ struct gh_server {
     bool stopping;
     int exit_code;
     uint64_t reloads_ok, reloads_failed;
+    uint64_t started_ms;    /* wall clock at start, for /status */
+    uint64_t last_reload_ms;/* wall clock of the last reload attempt */
+    bool last_reload_ok;
+    char last_reload_error[512];
 };
 
 #endif

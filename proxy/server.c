@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/config.h"
@@ -145,6 +146,34 @@ static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
     return 0;
 }
 
+/* The admin listener is kept across reloads while its address stays. */
+static int admin_apply(gh_server_t *srv, const gh_config_t *cfg)
+{
+    if (srv->admin && (!cfg->admin.set || strcmp(srv->admin->conf->address, cfg->admin.address) != 0)) {
+        listener_close(srv->admin);
+        srv->admin = NULL;
+    }
+    if (!cfg->admin.set || srv->admin)
+        return 0;
+    static gh_listen_conf_t admin_conf[2];
+    static char admin_addr[2][64];
+    static int which;
+    /* a stable copy: listener->conf must outlive the config it came from */
+    gh_listen_conf_t *lc = &admin_conf[which ^= 1];
+    memset(lc, 0, sizeof *lc);
+    snprintf(admin_addr[which], sizeof admin_addr[which], "%s", cfg->admin.address);
+    lc->address = admin_addr[which];
+    lc->addr = cfg->admin.addr;
+    lc->addrlen = cfg->admin.addrlen;
+    lc->loc = cfg->admin.loc;
+    gh_listener_t *l = listener_open(srv, lc);
+    if (!l)
+        return -1;
+    l->admin = true;
+    srv->admin = l;
+    return 0;
+}
+
 /* ---- reload and stop ---- */
 
 static void reload(gh_server_t *srv)
@@ -152,9 +181,13 @@ static void reload(gh_server_t *srv)
     gh_errors_t errs;
     gh_errors_init(&errs);
     gh_config_t *cfg = gh_config_load(srv->config_path, &errs);
+    srv->last_reload_ms = (uint64_t)time(NULL) * 1000;
     if (!cfg) {
         for (size_t i = 0; i < errs.n; i++)
             gh_log_error("reload failed: %s", errs.lines[i]);
+        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
+                 errs.n ? errs.lines[0] : "unknown error");
+        srv->last_reload_ok = false;
         gh_errors_free(&errs);
         srv->reloads_failed++;
         return;
@@ -162,12 +195,17 @@ static void reload(gh_server_t *srv)
     for (size_t i = 0; i < errs.n; i++)
         gh_log_warn("%s", errs.lines[i]);
     gh_errors_free(&errs);
-    if (listeners_apply(srv, cfg) != 0) {
+    if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
         gh_config_release(cfg);
         srv->reloads_failed++;
+        srv->last_reload_ok = false;
+        snprintf(srv->last_reload_error, sizeof srv->last_reload_error,
+                 "a listener could not be opened");
         gh_log_error("reload failed: keeping the running configuration");
         return;
     }
+    srv->last_reload_ok = true;
+    srv->last_reload_error[0] = '\0';
     gh_snapshot_t *old = srv->snap;
     srv->snap = gh__snapshot_new(srv, cfg);
     gh_log_level = cfg->log_level;
@@ -226,6 +264,10 @@ static void begin_stop(gh_server_t *srv)
         listener_close(l);
     }
     srv->listeners = NULL;
+    if (srv->admin) {
+        listener_close(srv->admin);
+        srv->admin = NULL;
+    }
     for (gh_conn_t *c = srv->conns, *n; c; c = n) {
         n = c->next;
         gh__conn_close_idle(c);
@@ -286,7 +328,8 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     if (cfg->workers != 1)
         gh_log_warn("workers: %u is not supported yet; running one event loop", cfg->workers);
     srv->snap = gh__snapshot_new(srv, cfg);
-    if (listeners_apply(srv, cfg) != 0) {
+    srv->started_ms = (uint64_t)time(NULL) * 1000;
+    if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
         gh__snapshot_release(srv->snap);
         uv_run(srv->loop, UV_RUN_NOWAIT);
         return 1;

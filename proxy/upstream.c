@@ -70,7 +70,7 @@ void gh__upstream_fini(gh_snapshot_t *s)
 
 static bool server_up(const gh_upserver_t *sv, uint64_t now)
 {
-    return sv->down_until <= now;
+    return !sv->health_down && sv->down_until <= now;
 }
 
 static uint32_t hash_peer(const gh_conn_t *c)

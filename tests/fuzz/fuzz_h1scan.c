@@ -219,6 +219,14 @@ static bool llhttp_knows_method(const char *m, size_t n)
     return false;
 }
 
+static bool has_field(const gh_h1_head_t *h, const char *lc)
+{
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (gh_h1_name_is(&h->headers[i], lc, strlen(lc)))
+            return true;
+    return false;
+}
+
 /* Content-Length given more than once, or as a list: RFC 9110 8.6 lets us
  * fold identical values, llhttp 8.1.0 refuses both. Known, and on purpose. */
 static bool folded_content_length(const gh_h1_head_t *h)
@@ -283,6 +291,14 @@ static void differential(const char *buf, int r, const gh_h1_head_t *h, bool res
         ENSURE(p.content_length == h->content_length, "Content-Length %llu vs %llu",
                (unsigned long long)p.content_length, (unsigned long long)h->content_length);
     ENSURE(!!(p.flags & F_CHUNKED) == h->chunked, "chunked");
+    ENSURE(!!(p.flags & F_UPGRADE) == h->has_upgrade, "Upgrade header");
+    /* llhttp also reads Proxy-Connection as Connection; we do not. */
+    if (!has_field(h, "proxy-connection")) {
+        ENSURE(!!(p.flags & F_CONNECTION_CLOSE) == h->conn_close, "Connection: close");
+        ENSURE(!!(p.flags & F_CONNECTION_KEEP_ALIVE) == h->conn_keep_alive,
+               "Connection: keep-alive");
+        ENSURE(!!(p.flags & F_CONNECTION_UPGRADE) == h->conn_upgrade, "Connection: upgrade");
+    }
     ENSURE(d.nfields == h->nheaders, "%zu fields vs %zu", d.nfields, h->nheaders);
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];

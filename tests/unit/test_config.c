@@ -585,16 +585,12 @@ static void test_yaml_edges(void)
 
 static void test_more_values(void)
 {
-    EXPECT_BUFFER(L "routes:\n- {host: a, redirect: /x, status: 302}\n"
-                  "- {host: b, respond: {status: 503, body: \"a\\0b\"}}\n"
-                  "- {host: c, upstream: \"http://[::1]\"}\n"
-                  "- {host: d, upstream: \"HTTP://D:81/\"}\n"
-                  "- {host: \"[::1]\", path: /x/../y, respond: {}}\n"
-                  "- {host: \"*.\", respond: {}}\n", NULL);
     const char *text = L "routes:\n- {host: a, redirect: /x, status: 302}\n"
                        "- {host: b, respond: {status: 503, body: \"a\\0b\"}}\n"
                        "- {host: c, upstream: \"http://[::1]\"}\n"
-                       "- {host: d, upstream: \"HTTP://D:81/\"}\n";
+                       "- {host: d, upstream: \"HTTP://D:81/\"}\n"
+                       "- {host: \"[::1]\", path: /x/../y, respond: {}}\n"
+                       "- {host: \"*.\", respond: {}}\n";
     gh_errors_t e;
     gh_errors_init(&e);
     gh_config_t *c = gh_config_load_buffer("mem.yaml", text, strlen(text), &e);
@@ -612,6 +608,10 @@ static void test_more_values(void)
         CHECK_STR(s->host, "d");
         CHECK_INT(s->port, 81);
         CHECK_STR(s->authority, "d:81");
+        CHECK_STR(c->routes[4].host, "[::1]");
+        CHECK_STR(c->routes[4].path, "/y");      /* normalised by routes/ */
+        CHECK_STR(c->routes[4].name, "[::1]/y");
+        CHECK_STR(c->routes[5].host, "*");
     }
     gh_config_release(c);
     gh_errors_free(&e);
