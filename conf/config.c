@@ -34,7 +34,7 @@ static const struct {
     [GH_FEAT_TUNNEL_UPSTREAM] = { "a tunnel:// upstream", false },
     [GH_FEAT_HTTPS_SERVER]    = { "an https:// server", false },
     [GH_FEAT_UPSTREAM_TLS]    = { "tls on an upstream", false },
-    [GH_FEAT_HEALTH_CHECK]    = { "health_check", false },
+    [GH_FEAT_HEALTH_CHECK]    = { "health_check", true },
     [GH_FEAT_PLUGINS_SECTION] = { "the plugins section", false },
     [GH_FEAT_ROUTE_PLUGINS]   = { "plugins on a route", false },
 };
@@ -45,6 +45,11 @@ bool gh__feature(gh__decoder_t *d, gh__feature_t f, const gh_node_t *n)
         return true;
     gh_node_error(d->errs, n, "%s is not supported yet", features[f].what);
     return false;
+}
+
+bool gh__feature_on(gh__feature_t f)
+{
+    return features[f].supported;
 }
 
 int gh__check_readable(gh__decoder_t *d, const gh_node_t *n, const char *path, bool dir)

@@ -1,45 +1,11 @@
-/* The plugins and routes sections (SPEC.md section 2). Routes come last in
- * decoding: they refer to upstreams, plugins and tunnels by name. */
+/* The routes section (SPEC.md section 2). Routes come last in decoding: they
+ * refer to upstreams, plugins and tunnels by name. */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 #include "conf/config.h"
 #include "conf/decode.h"
 #include "routes/router.h"
-
-void gh__decode_plugins(gh__decoder_t *d, const gh_node_t *key, const gh_node_t *v)
-{
-    static const char *const types[] = { "api_key", "rate_limit", "ip_filter", "headers", NULL };
-    gh__feature(d, GH_FEAT_PLUGINS_SECTION, key);
-    if (gh_node_is_null(v) || gh_node_expect(d->errs, v, GH_NODE_MAP) < 0)
-        return;
-    gh_config_t *c = d->cfg;
-    c->plugins = gh_arena_alloc(d->arena, v->n * sizeof(*c->plugins));
-    for (size_t i = 0; i < v->n; i++) {
-        const gh_node_t *k = v->items[2 * i], *m = v->items[2 * i + 1], *t;
-        if (gh__node_poisoned(k))
-            continue;
-        /* Registered even when broken, so routes naming it get no second error. */
-        gh_plugin_conf_t *p = gh_arena_alloc(d->arena, sizeof(*p));
-        p->name = k->str;
-        p->node = m;
-        p->loc = k->loc;
-        p->index = c->nplugins;
-        c->plugins[c->nplugins++] = p;
-        if (!gh__valid_name(k->str))
-            gh_node_error(d->errs, k,
-                          "invalid plugin name '%s' (letters, digits, '-', '_' and '.' only)",
-                          k->str);
-        /* The other keys belong to the plugin, which decodes them itself. */
-        if (gh_node_expect(d->errs, m, GH_NODE_MAP) < 0)
-            continue;
-        int type;
-        if (!(t = gh_node_get(m, "type")))
-            gh_node_error(d->errs, m, "missing 'type' in plugin '%s'", k->str);
-        else if (gh_node_enum(d->errs, t, types, "plugin type", &type) == 0)
-            p->type = t->str;
-    }
-}
 
 /* Lower-cases host into out (cap >= strlen + 1), drops one trailing dot, and
  * checks its form: "*", "*.name", "name", or "[v6]". */
@@ -105,18 +71,40 @@ static int check_redirect(gh__decoder_t *d, const gh_node_t *n, const char *s)
     return 0;
 }
 
-/* Adds " (did you mean 'x'?)" to an "undefined KIND 'name'" error. */
-static void undefined(gh__decoder_t *d, const gh_node_t *n, const char *kind,
-                      const char **names, size_t count, const char *extra)
+/* Routes find what they name through these tables, not by scanning. */
+typedef struct lookup {
+    gh__strmap_t upstreams;     /* named ones by name, inline ones by URL */
+    gh__strmap_t plugins;
+    gh__strmap_t tunnels;
+} lookup_t;
+
+typedef enum { KIND_UPSTREAM, KIND_PLUGIN, KIND_TUNNEL } kind_t;
+
+/* "undefined KIND 'name'", with a did-you-mean among the defined names or
+ * else extra. Only on the error path, so the list is built here. */
+static void undefined(gh__decoder_t *d, const gh_node_t *at, const char *name, kind_t kind,
+                      const char *extra)
 {
-    const char *hint = gh_did_you_mean(n->str, names, count);
+    static const char *const kinds[] = { "upstream", "plugin", "tunnel" };
+    gh_config_t *c = d->cfg;
+    size_t count = kind == KIND_UPSTREAM ? c->nupstreams
+                 : kind == KIND_PLUGIN   ? c->nplugins : c->ntunnels;
+    const char **names = malloc((count + 1) * sizeof(*names));
+    if (!names)
+        abort();
+    for (size_t i = 0; i < count; i++)
+        names[i] = kind == KIND_UPSTREAM ? (c->upstreams[i]->is_inline ? NULL : c->upstreams[i]->name)
+                 : kind == KIND_PLUGIN   ? c->plugins[i]->name : c->tunnels[i].name;
+    const char *hint = gh_did_you_mean(name, names, count);
     if (hint)
-        gh_node_error(d->errs, n, "undefined %s '%s' (did you mean '%s'?)", kind, n->str, hint);
+        gh_node_error(d->errs, at, "undefined %s '%s' (did you mean '%s'?)", kinds[kind], name,
+                      hint);
     else
-        gh_node_error(d->errs, n, "undefined %s '%s'%s", kind, n->str, extra ? extra : "");
+        gh_node_error(d->errs, at, "undefined %s '%s'%s", kinds[kind], name, extra ? extra : "");
+    free(names);
 }
 
-static gh_upstream_conf_t *inline_upstream(gh__decoder_t *d, const gh_node_t *n)
+static gh_upstream_conf_t *inline_upstream(gh__decoder_t *d, lookup_t *lk, const gh_node_t *n)
 {
     gh_config_t *c = d->cfg;
     gh_server_conf_t s;
@@ -126,30 +114,17 @@ static gh_upstream_conf_t *inline_upstream(gh__decoder_t *d, const gh_node_t *n)
         gh__feature(d, GH_FEAT_HTTPS_SERVER, n);
     if (s.scheme == GH_SCHEME_TUNNEL) {
         gh__feature(d, GH_FEAT_TUNNEL_UPSTREAM, n);
-        const char **names = malloc((c->ntunnels + 1) * sizeof(*names));
-        bool found = false;
-        if (!names)
-            abort();
-        for (size_t i = 0; i < c->ntunnels; i++) {
-            names[i] = c->tunnels[i].name;
-            found |= strcmp(names[i], s.host) == 0;
-        }
-        if (!found) {
-            gh_node_t tn = *n;      /* report the tunnel name, not the URL */
-            tn.str = s.host;
-            tn.len = strlen(s.host);
-            undefined(d, &tn, "tunnel", names, c->ntunnels, NULL);
-        }
-        free(names);
-        if (!found)
+        if (!gh__strmap_get(&lk->tunnels, s.host)) {
+            undefined(d, n, s.host, KIND_TUNNEL, NULL);
             return NULL;
+        }
     }
 
     /* One upstream per distinct URL, shared by every route that writes it. */
-    for (size_t i = 0; i < c->nupstreams; i++)
-        if (c->upstreams[i]->is_inline && strcmp(c->upstreams[i]->name, n->str) == 0)
-            return c->upstreams[i];
-    gh_upstream_conf_t *u = gh_arena_alloc(d->arena, sizeof(*u));
+    gh_upstream_conf_t *u = gh__strmap_get(&lk->upstreams, n->str);
+    if (u)
+        return u;
+    u = gh_arena_alloc(d->arena, sizeof(*u));
     u->name = n->str;
     u->is_inline = true;
     u->servers = gh_arena_alloc(d->arena, sizeof(*u->servers));
@@ -161,59 +136,40 @@ static gh_upstream_conf_t *inline_upstream(gh__decoder_t *d, const gh_node_t *n)
     u->loc = n->loc;
     u->index = c->nupstreams;
     c->upstreams[c->nupstreams++] = u;
+    gh__strmap_put(&lk->upstreams, u->name, u);
     return u;
 }
 
-static gh_upstream_conf_t *route_upstream(gh__decoder_t *d, const gh_node_t *n)
+static gh_upstream_conf_t *route_upstream(gh__decoder_t *d, lookup_t *lk, const gh_node_t *n)
 {
-    gh_config_t *c = d->cfg;
     const char *s;
     if (gh_node_string(d->errs, n, &s) < 0)
         return NULL;
+    /* Upstream names cannot hold "://", so one table serves both kinds. */
     if (strstr(s, "://"))
-        return inline_upstream(d, n);
-
-    gh_upstream_conf_t *found = NULL;
-    const char **names = malloc((c->nupstreams + 1) * sizeof(*names));
-    if (!names)
-        abort();
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        gh_upstream_conf_t *u = c->upstreams[i];
-        names[i] = u->is_inline ? NULL : u->name;
-        if (!u->is_inline && strcmp(u->name, s) == 0)
-            found = u;
-    }
-    if (!found)
-        undefined(d, n, "upstream", names, c->nupstreams,
+        return inline_upstream(d, lk, n);
+    gh_upstream_conf_t *u = gh__strmap_get(&lk->upstreams, s);
+    if (!u)
+        undefined(d, n, s, KIND_UPSTREAM,
                   strchr(s, ':') ? " (an inline upstream needs a scheme, e.g. http://)" : NULL);
-    free(names);
-    return found;
+    return u;
 }
 
-static void route_plugins(gh__decoder_t *d, const gh_node_t *key, const gh_node_t *v,
-                          gh_route_conf_t *r)
+static void route_plugins(gh__decoder_t *d, lookup_t *lk, const gh_node_t *key,
+                          const gh_node_t *v, gh_route_conf_t *r)
 {
-    gh_config_t *c = d->cfg;
     gh__feature(d, GH_FEAT_ROUTE_PLUGINS, key);
     if (gh_node_expect(d->errs, v, GH_NODE_SEQ) < 0)
         return;
-    const char **names = malloc((c->nplugins + 1) * sizeof(*names));
-    if (!names)
-        abort();
-    for (size_t i = 0; i < c->nplugins; i++)
-        names[i] = c->plugins[i]->name;
     r->plugins = gh_arena_alloc(d->arena, v->n * sizeof(*r->plugins));
     for (size_t i = 0; i < v->n; i++) {
         const gh_node_t *n = v->items[i];
         const char *s;
         if (gh_node_string(d->errs, n, &s) < 0)
             continue;
-        gh_plugin_conf_t *p = NULL;
-        for (size_t j = 0; j < c->nplugins && !p; j++)
-            if (strcmp(c->plugins[j]->name, s) == 0)
-                p = c->plugins[j];
+        gh_plugin_conf_t *p = gh__strmap_get(&lk->plugins, s);
         if (!p) {
-            undefined(d, n, "plugin", names, c->nplugins, NULL);
+            undefined(d, n, s, KIND_PLUGIN, NULL);
             continue;
         }
         bool twice = false;
@@ -225,7 +181,6 @@ static void route_plugins(gh__decoder_t *d, const gh_node_t *key, const gh_node_
         }
         r->plugins[r->nplugins++] = p;
     }
-    free(names);
 }
 
 static void respond(gh__decoder_t *d, const gh_node_t *v, gh_route_conf_t *r)
@@ -253,7 +208,8 @@ static void respond(gh__decoder_t *d, const gh_node_t *v, gh_route_conf_t *r)
 }
 
 /* Fills r from the route mapping m; returns -1 when the route is unusable. */
-static int decode_route(gh__decoder_t *d, const gh_node_t *m, gh_route_conf_t *r)
+static int decode_route(gh__decoder_t *d, lookup_t *lk, const gh_node_t *m,
+                        gh_route_conf_t *r)
 {
     static const char *const keys[] = { "host", "path", "upstream", "redirect", "status",
                                         "respond", "max_body_bytes", "plugins", NULL };
@@ -318,7 +274,7 @@ static int decode_route(gh__decoder_t *d, const gh_node_t *m, gh_route_conf_t *r
         n = gh_node_get(m, actions[i]);
         if (i == 0) {
             r->action = GH_ACTION_UPSTREAM;
-            if (!(r->upstream = route_upstream(d, n)))
+            if (!(r->upstream = route_upstream(d, lk, n)))
                 rc = -1;
         } else if (i == 1) {
             r->action = GH_ACTION_REDIRECT;
@@ -352,7 +308,7 @@ static int decode_route(gh__decoder_t *d, const gh_node_t *m, gh_route_conf_t *r
     if ((n = gh_node_get(m, "max_body_bytes")))
         gh_node_size(d->errs, n, &r->max_body_bytes);
     if ((n = gh_node_get(m, "plugins")))
-        route_plugins(d, gh_node_get_key(m, "plugins"), n, r);
+        route_plugins(d, lk, gh_node_get_key(m, "plugins"), n, r);
 
     if (rc == 0) {
         size_t hl = strlen(r->host), pl = strlen(r->path);
@@ -429,13 +385,27 @@ void gh__decode_routes(gh__decoder_t *d, const gh_node_t *key, const gh_node_t *
         memcpy(ups, c->upstreams, c->nupstreams * sizeof(*ups));
     c->upstreams = ups;
 
+    lookup_t lk;
+    gh__strmap_init(&lk.upstreams, c->nupstreams + v->n);
+    gh__strmap_init(&lk.plugins, c->nplugins);
+    gh__strmap_init(&lk.tunnels, c->ntunnels);
+    for (size_t i = 0; i < c->nupstreams; i++)
+        gh__strmap_put(&lk.upstreams, c->upstreams[i]->name, c->upstreams[i]);
+    for (size_t i = 0; i < c->nplugins; i++)
+        gh__strmap_put(&lk.plugins, c->plugins[i]->name, c->plugins[i]);
+    for (size_t i = 0; i < c->ntunnels; i++)
+        gh__strmap_put(&lk.tunnels, c->tunnels[i].name, &c->tunnels[i]);
+
     c->routes = gh_arena_alloc(d->arena, v->n * sizeof(*c->routes));
     for (size_t i = 0; i < v->n; i++) {
         gh_route_conf_t *r = &c->routes[c->nroutes];
-        if (decode_route(d, v->items[i], r) == 0) {
+        if (decode_route(d, &lk, v->items[i], r) == 0) {
             r->index = c->nroutes;
             c->nroutes++;
         }
     }
+    gh__strmap_free(&lk.upstreams);
+    gh__strmap_free(&lk.plugins);
+    gh__strmap_free(&lk.tunnels);
     check_duplicates(d);
 }

@@ -177,6 +177,8 @@ static void decode_health(gh__decoder_t *d, const gh_node_t *v, gh_health_conf_t
         else
             h->timeout_ms = x;
     }
+    if (!timeout && h->timeout_ms > h->interval_ms)
+        h->timeout_ms = h->interval_ms;    /* the default must not outlast a short interval */
     if (h->timeout_ms > h->interval_ms)
         gh_node_error(d->errs, timeout ? timeout : interval,
                       "health_check timeout must not be longer than its interval");

@@ -43,6 +43,9 @@ typedef enum {
  * "<feature> is not supported yet" at n and returns false. */
 bool gh__feature(gh__decoder_t *d, gh__feature_t f, const gh_node_t *n);
 
+/* Whether feature f is on, without reporting anything (for tests). */
+bool gh__feature_on(gh__feature_t f);
+
 /* Checks that PATH (the text of node n) can be opened for reading, as a
  * regular file or, with dir, as a directory: "cannot read PATH: reason". */
 int gh__check_readable(gh__decoder_t *d, const gh_node_t *n, const char *path, bool dir);
@@ -57,6 +60,18 @@ int gh__parse_server(gh__decoder_t *d, const gh_node_t *n, bool allow_tunnel,
  * reports any unknown key ("unknown key 'x' in WHERE") and returns true, so
  * the known keys are still decoded. */
 bool gh__map(gh__decoder_t *d, const gh_node_t *v, const char *const *keys, const char *where);
+
+/* Name lookups while decoding. init sizes the table for at most max_items
+ * keys (it never grows: putting more is a bug); keys are not copied. get
+ * returns NULL for a missing key; put replaces an existing one. */
+typedef struct gh__strmap {
+    struct gh__strmap_slot *slots;
+    size_t mask;
+} gh__strmap_t;
+void gh__strmap_init(gh__strmap_t *m, size_t max_items);
+void gh__strmap_free(gh__strmap_t *m);
+void *gh__strmap_get(const gh__strmap_t *m, const char *key);
+void gh__strmap_put(gh__strmap_t *m, const char *key, void *value);
 
 /* A name used in references (upstreams, plugins, tunnels, services):
  * letters, digits, '-', '_' and '.'. */

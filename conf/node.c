@@ -3,7 +3,6 @@
 #include "conf/node.h"
 
 #include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include "conf/config.h"
 #include "conf/units.h"
@@ -269,17 +268,20 @@ int gh_node_enum(gh_errors_t *errs, const gh_node_t *n, const char *const *names
         gh_node_error(errs, n, "invalid %s '%s' (did you mean '%s'?)", what, s, hint);
         return -1;
     }
-    /* "expected a, b or c" */
+    /* "expected a, b or c"; a list too long for the buffer is cut short. */
     char list[512];
     size_t len = 0;
-    list[0] = '\0';
-    for (size_t i = 0; i < count && len < sizeof(list); i++) {
-        const char *sep = i == 0 ? "" : i + 1 == count ? " or " : ", ";
-        int w = snprintf(list + len, sizeof(list) - len, "%s%s", sep, names[i]);
-        if (w < 0)
-            break;
-        len += (size_t)w;
+    for (size_t i = 0; i < count; i++) {
+        const char *parts[2] = { i == 0 ? "" : i + 1 == count ? " or " : ", ", names[i] };
+        for (size_t k = 0; k < 2; k++) {
+            size_t plen = strlen(parts[k]);
+            if (plen > sizeof(list) - 1 - len)
+                plen = sizeof(list) - 1 - len;
+            memcpy(list + len, parts[k], plen);
+            len += plen;
+        }
     }
+    list[len] = '\0';
     gh_node_error(errs, n, "invalid %s '%s' (expected %s)", what, s, list);
     return -1;
 }

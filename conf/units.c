@@ -2,7 +2,6 @@
  * digits and a unit suffix; no sign, no spaces, no fraction, no overflow. */
 #include "conf/units.h"
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <strings.h>

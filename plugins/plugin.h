@@ -112,4 +112,30 @@ void gh_preq_set_response_header(gh_preq_t *req, const char *name, const char *v
 /* Copies s into req->scratch; returns NULL when full. */
 const char *gh_preq_strdup(gh_preq_t *req, const char *s);
 
+/* Added with the plugins themselves.
+ *
+ * How the proxy applies the edits (the helpers below keep the lists in a
+ * shape where this gives the order-correct result of all plugins' calls):
+ *  - upstream request: drop every received header whose name (any case) is
+ *    in req_remove or req_set, then append the req_set pairs; the proxy's
+ *    own forwarding headers (X-Forwarded-*, X-Real-IP, X-Request-ID) come
+ *    after and win.
+ *  - response to the client, from upstream or answered locally (401, 403,
+ *    429, and also 502/504 and the like after plugins ran): drop headers
+ *    named in resp_remove or resp_set, then add the resp_set pairs.
+ * Names and values stay valid until gh_plugins_end: they point into the
+ * config snapshot, the plugin instance or req->scratch. The lists hold
+ * GH_PREQ_MAX_EDITS entries; a plugin that must not lose an edit (api_key
+ * removing the key) checks for room first and answers 500 otherwise. */
+
+/* Clears everything the plugins write (key_id, edits, state, scratch) and
+ * the view fields; the proxy then fills the view (route, client_addr,
+ * client_ip, method, host, path, headers) before gh_plugins_request. */
+void gh_preq_init(gh_preq_t *req);
+
+/* Prometheus text for every plugin instance of cfg, grouped by family with
+ * one "# TYPE" line each (e.g. gatehouse_rate_limited_total{plugin="x"} 3).
+ * Writes at most cap bytes and never cuts a line; returns bytes written. */
+size_t gh_plugins_metrics(const gh_config_t *cfg, char *out, size_t cap);
+
 #endif

@@ -287,8 +287,6 @@ static void conn_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->len += (size_t)nread;
     c->last_io = uv_now(c->server->loop);
-    if (c->req)
-        c->req->bytes_in += (uint64_t)nread;
     if (c->state == GH_C_HEAD) {
         process_head(c);
     } else if (c->req) {
@@ -469,6 +467,7 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         return;
     }
 
+    gh__real_client(r);
     int st = request_strings(r);
     if (st) {
         c->off += head_len;

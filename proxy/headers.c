@@ -113,57 +113,76 @@ static bool hop_by_hop(const gh_h1_header_t *h)
            GH_H1_NAME_IS(h, "upgrade") || GH_H1_NAME_IS(h, "content-length");
 }
 
+static int parse_ip(const char *ip, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (uv_inet_pton(AF_INET, ip, &s4->sin_addr) == 0) {
+        ss->ss_family = AF_INET;
+        return 0;
+    }
+    if (uv_inet_pton(AF_INET6, ip, &s6->sin6_addr) == 0) {
+        ss->ss_family = AF_INET6;
+        return 0;
+    }
+    return -1;
+}
+
+/* Takes a trimmed address out of a header value into ip; -1 if it is not one. */
+static int take_ip(const char *s, size_t n, char ip[48], struct sockaddr_storage *ss)
+{
+    while (n && (*s == ' ' || *s == '\t'))
+        s++, n--;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n >= 48)
+        return -1;
+    memcpy(ip, s, n);
+    ip[n] = '\0';
+    return parse_ip(ip, ss);
+}
+
 /* The client address as the upstream should believe it: from a trusted
- * proxy, the right-most address in X-Forwarded-For that is not itself a
- * trusted proxy (or CF-Connecting-IP); otherwise the peer itself. */
-static void real_client(gh_req_t *r, const gh_h1_header_t *xff, const gh_h1_header_t *cf,
-                        char *out, size_t cap)
+ * proxy, CF-Connecting-IP, or else the right-most address in
+ * X-Forwarded-For that is not itself a trusted proxy; from anyone else, the
+ * peer itself. Fills r->client_ip and r->client_addr. */
+void gh__real_client(gh_req_t *r)
 {
     gh_conn_t *c = r->conn;
     const gh_config_t *cfg = r->snap->cfg;
-    snprintf(out, cap, "%s", c->peer_ip);
+    const gh_h1_head_t *h = &r->head;
+    snprintf(r->client_ip, sizeof r->client_ip, "%s", c->peer_ip);
+    memcpy(&r->client_addr, &c->peer, sizeof c->peer);
     if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&c->peer))
         return;
-    if (cf && cf->value_len > 0 && cf->value_len < cap) {
-        memcpy(out, cf->value, cf->value_len);
-        out[cf->value_len] = '\0';
-        return;
+    char ip[48];
+    struct sockaddr_storage ss;
+    const gh_h1_header_t *xff = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gh_h1_header_t *f = &h->headers[i];
+        if (GH_H1_NAME_IS(f, "cf-connecting-ip") && take_ip(f->value, f->value_len, ip, &ss) == 0) {
+            memcpy(r->client_ip, ip, sizeof ip);
+            r->client_addr = ss;
+            return;
+        }
+        if (GH_H1_NAME_IS(f, "x-forwarded-for"))
+            xff = f; /* the last field holds the right-most entries */
     }
     if (!xff)
         return;
-    const char *end = xff->value + xff->value_len;
-    while (end > xff->value) {
-        const char *e = end;
-        while (e > xff->value && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        const char *s = e;
-        while (s > xff->value && s[-1] != ',')
+    const char *begin = xff->value, *end = xff->value + xff->value_len;
+    while (end > begin) {
+        const char *s = end;
+        while (s > begin && s[-1] != ',')
             s--;
-        const char *t = s;
-        while (t < e && (*t == ' ' || *t == '\t'))
-            t++;
-        size_t n = (size_t)(e - t);
-        if (n == 0 || n >= cap)
-            return;
-        char ip[64];
-        if (n >= sizeof ip)
-            return;
-        memcpy(ip, t, n);
-        ip[n] = '\0';
-        struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof ss);
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        if (uv_inet_pton(AF_INET, ip, &s4->sin_addr) == 0)
-            ss.ss_family = AF_INET;
-        else if (uv_inet_pton(AF_INET6, ip, &s6->sin6_addr) == 0)
-            ss.ss_family = AF_INET6;
-        else
+        if (take_ip(s, (size_t)(end - s), ip, &ss) != 0)
             return; /* not an address: stop believing the chain here */
-        memcpy(out, ip, n + 1);
+        memcpy(r->client_ip, ip, sizeof ip);
+        r->client_addr = ss;
         if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&ss))
             return;
-        end = s > xff->value ? s - 1 : s;
+        end = s > begin ? s - 1 : s;
     }
 }
 
@@ -173,16 +192,12 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     const gh_config_t *cfg = r->snap->cfg;
     bool trusted = gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies,
                                      (struct sockaddr *)&r->conn->peer);
-    const gh_h1_header_t *xff = NULL, *cf = NULL, *xfp = NULL, *host = NULL, *upg = NULL;
+    const gh_h1_header_t *xfp = NULL, *host = NULL, *upg = NULL;
     size_t total = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
         total += f->name_len + f->value_len + 4;
-        if (GH_H1_NAME_IS(f, "x-forwarded-for"))
-            xff = f; /* the scanner keeps order; several are joined below */
-        else if (GH_H1_NAME_IS(f, "cf-connecting-ip"))
-            cf = f;
-        else if (GH_H1_NAME_IS(f, "x-forwarded-proto"))
+        if (GH_H1_NAME_IS(f, "x-forwarded-proto"))
             xfp = f;
         else if (GH_H1_NAME_IS(f, "host"))
             host = f;
@@ -234,10 +249,8 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     ob_str(&o, r->conn->peer_ip);
     OB_LIT(&o, "\r\n");
 
-    char ip[64];
-    real_client(r, xff, cf, ip, sizeof ip);
     OB_LIT(&o, "X-Real-IP: ");
-    ob_str(&o, ip);
+    ob_str(&o, r->client_ip);
     OB_LIT(&o, "\r\nX-Forwarded-Proto: ");
     if (trusted && xfp)
         ob_put(&o, xfp->value, xfp->value_len);

@@ -1,15 +1,505 @@
-/* Placeholder until metrics land. */
+/* Request counters and the Prometheus text exposition (SPEC.md section 3,
+ * "Admin"). Counters are kept by route name, not by route pointer, so they
+ * survive reloads and keep counting when a route comes back.
+ *
+ * Everything counted lives in the one `m` struct below. There is a single
+ * event loop today, so the fields are plain integers; when workers arrive
+ * they become atomics (or per-worker copies summed at render) right there. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "plugins/plugin.h"
 #include "proxy/metrics.h"
+
+/* Upper bounds in seconds. Long-lived streams (SSE, LLM answers) are the
+ * reason for the buckets past 10 s. The label text is kept as written so the
+ * exposition never depends on float formatting. */
+static const double bucket_le[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                    10, 30, 60, 120, 300 };
+static const char *const bucket_text[] = { "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+                                           "0.5", "1", "2.5", "5", "10", "30", "60", "120",
+                                           "300" };
+#define NBUCKETS (sizeof bucket_le / sizeof bucket_le[0])
+
+typedef struct code_count {
+    int code;
+    uint64_t n;
+} code_count_t;
+
+/* One route name with its counts by status code. A route sees a handful of
+ * codes, so a short array scanned linearly beats a second table. */
+typedef struct route_entry {
+    char *name;
+    uint64_t hash;
+    gh_route_stats_t st;
+    code_count_t *codes;
+    size_t ncodes, capcodes;
+} route_entry_t;
+
+static struct {
+    /* open addressing, linear probing; cap is a power of two */
+    route_entry_t **slots;
+    size_t nslots, nused;
+    uint64_t bucket[NBUCKETS];      /* not cumulative; summed at render */
+    uint64_t duration_count;
+    double duration_sum;
+    uint64_t bytes_in, bytes_out;
+} m;
+
+static uint64_t hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;    /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static route_entry_t *route_lookup(const char *name, uint64_t h)
+{
+    if (!m.nslots)
+        return NULL;
+    for (size_t i = h & (m.nslots - 1);; i = (i + 1) & (m.nslots - 1)) {
+        route_entry_t *e = m.slots[i];
+        if (!e)
+            return NULL;
+        if (e->hash == h && strcmp(e->name, name) == 0)
+            return e;
+    }
+}
+
+static int table_grow(void)
+{
+    size_t n = m.nslots ? m.nslots * 2 : 64;
+    route_entry_t **s = calloc(n, sizeof *s);
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < m.nslots; i++) {
+        route_entry_t *e = m.slots[i];
+        if (!e)
+            continue;
+        size_t j = e->hash & (n - 1);
+        while (s[j])
+            j = (j + 1) & (n - 1);
+        s[j] = e;
+    }
+    free(m.slots);
+    m.slots = s;
+    m.nslots = n;
+    return 0;
+}
+
+static route_entry_t *route_get(const char *name)
+{
+    uint64_t h = hash_name(name);
+    route_entry_t *e = route_lookup(name, h);
+    if (e)
+        return e;
+    /* keep the load under 3/4 so probes stay short */
+    if ((m.nused + 1) * 4 > m.nslots * 3 && table_grow() != 0)
+        return NULL;
+    e = calloc(1, sizeof *e);
+    if (!e || !(e->name = strdup(name))) {
+        free(e);
+        return NULL;
+    }
+    e->hash = h;
+    size_t i = h & (m.nslots - 1);
+    while (m.slots[i])
+        i = (i + 1) & (m.nslots - 1);
+    m.slots[i] = e;
+    m.nused++;
+    return e;
+}
+
+static void count_code(route_entry_t *e, int code)
+{
+    for (size_t i = 0; i < e->ncodes; i++) {
+        if (e->codes[i].code == code) {
+            e->codes[i].n++;
+            return;
+        }
+    }
+    if (e->ncodes == e->capcodes) {
+        size_t cap = e->capcodes ? e->capcodes * 2 : 4;
+        code_count_t *c = realloc(e->codes, cap * sizeof *c);
+        if (!c)
+            return;     /* the request is over; losing one count beats failing */
+        e->codes = c;
+        e->capcodes = cap;
+    }
+    e->codes[e->ncodes++] = (code_count_t){ code, 1 };
+}
 
 void gh_metrics_request(const gh_req_t *r)
 {
-    (void)r;
+    /* Compared, not dereferenced: a listener closed by a reload is freed
+     * while its connections live on. */
+    if (r->conn && r->conn->server && r->conn->listener == r->conn->server->admin)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    double secs = r->start_ns && now > r->start_ns ? (double)(now - r->start_ns) / 1e9 : 0;
+
+    size_t b = 0;
+    while (b < NBUCKETS && secs > bucket_le[b])
+        b++;
+    if (b < NBUCKETS)
+        m.bucket[b]++;
+    m.duration_count++;
+    m.duration_sum += secs;
+    m.bytes_in += r->bytes_in;
+    m.bytes_out += r->bytes_out;
+
+    route_entry_t *e = route_get(r->route && r->route->name ? r->route->name : "");
+    if (!e)
+        return;
+    e->st.requests++;
+    if (r->status >= 500 && r->status <= 599)
+        e->st.errors++;
+    else if (r->status >= 400 && r->status <= 499 && r->status != 499)
+        e->st.client_errors++;
+    if (r->status == 429)
+        e->st.limited++;
+    count_code(e, r->status);
 }
 
-char *gh_metrics_render(gh_server_t *srv, size_t *len)
+void gh_metrics_route_stats(const char *name, gh_route_stats_t *out)
 {
-    (void)srv;
-    *len = 0;
-    return calloc(1, 1);
+    route_entry_t *e = route_lookup(name ? name : "", hash_name(name ? name : ""));
+    *out = e ? e->st : (gh_route_stats_t){ 0 };
+}
+
+void gh_metrics_totals(gh_route_stats_t *out, uint64_t *bytes_in, uint64_t *bytes_out)
+{
+    *out = (gh_route_stats_t){ 0 };
+    for (size_t i = 0; i < m.nslots; i++) {
+        const route_entry_t *e = m.slots[i];
+        if (!e)
+            continue;
+        out->requests += e->st.requests;
+        out->errors += e->st.errors;
+        out->client_errors += e->st.client_errors;
+        out->limited += e->st.limited;
+    }
+    *bytes_in = m.bytes_in;
+    *bytes_out = m.bytes_out;
+}
+
+void gh_metrics_conn_counts(const gh_server_t *srv, gh_conn_counts_t *out)
+{
+    *out = (gh_conn_counts_t){ 0 };
+    for (const gh_conn_t *c = srv->conns; c; c = c->next) {
+        if (c->state == GH_C_CLOSING)
+            out->closing++;
+        else if (c->state == GH_C_HEAD && c->len == c->off)
+            out->idle++;
+        else
+            out->active++;
+    }
+}
+
+bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, size_t cap)
+{
+    if (cap)
+        why[0] = '\0';
+    if (sv->health_down) {
+        snprintf(why, cap, "health check failed%s%s", sv->health_error[0] ? ": " : "",
+                 sv->health_error);
+        return false;
+    }
+    if (sv->down_until > now_ms) {
+        uint64_t left = (sv->down_until - now_ms + 999) / 1000;
+        snprintf(why, cap, "%u failed connect%s; retried in %llus", sv->fails,
+                 sv->fails == 1 ? "" : "s", (unsigned long long)left);
+        return false;
+    }
+    if (sv->up && sv->up->conf && sv->up->conf->health.enabled && !sv->health_last_ms)
+        snprintf(why, cap, "not checked yet");
+    return true;
+}
+
+/* ---- plugins ---- */
+
+static const gh_plugin_ops_t *plugin_ops(const gh_plugin_conf_t *pc)
+{
+#if 0   /* TODO: enable once plugins/registry.c (gh_plugin_find) is in the build */
+    return pc->type ? gh_plugin_find(pc->type) : NULL;
+#else
+    (void)pc;
+    return NULL;
+#endif
+}
+
+#define PLUGIN_OUT_CAP (64 * 1024)
+
+/* Runs the metrics hook of pc into buf (PLUGIN_OUT_CAP bytes); returns the
+ * NUL-terminated length, 0 when it has none. */
+static size_t plugin_lines(const gh_plugin_conf_t *pc, char *buf)
+{
+    const gh_plugin_ops_t *ops = plugin_ops(pc);
+    buf[0] = '\0';
+    if (!ops || !ops->metrics || !pc->instance)
+        return 0;
+    size_t n = ops->metrics(pc->instance, pc, buf, PLUGIN_OUT_CAP - 1);
+    if (n > PLUGIN_OUT_CAP - 1)
+        n = PLUGIN_OUT_CAP - 1;
+    buf[n] = '\0';
+    return n;
+}
+
+/* Length of the metric name a sample line starts with, 0 if it is not one. */
+static size_t sample_name_len(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (s[i] == '_' || s[i] == ':' || (s[i] >= 'a' && s[i] <= 'z') ||
+                     (s[i] >= 'A' && s[i] <= 'Z') || (i > 0 && s[i] >= '0' && s[i] <= '9')))
+        i++;
+    return i < n && (s[i] == '{' || s[i] == ' ') ? i : 0;
+}
+
+uint64_t gh_metrics_plugin_sum(const gh_plugin_conf_t *pc, const char *family)
+{
+    char *buf = malloc(PLUGIN_OUT_CAP);
+    if (!buf)
+        return 0;
+    size_t n = plugin_lines(pc, buf), flen = strlen(family);
+    double sum = 0;
+    for (char *p = buf, *end = buf + n; p < end;) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        if (nl)
+            *nl = '\0';
+        if (sample_name_len(p, ll) == flen && memcmp(p, family, flen) == 0) {
+            char *sp = strrchr(p, ' '), *ep;
+            double v = sp ? strtod(sp + 1, &ep) : 0;
+            if (sp && ep != sp + 1 && v > 0)
+                sum += v;
+        }
+        p += ll + 1;
+    }
+    free(buf);
+    return (uint64_t)sum;
+}
+
+/* Plugin lines are regrouped by family: the text format wants each family's
+ * samples together under one HELP and TYPE, and several instances of one
+ * plugin type each report the same families. The families of the SPEC come
+ * first with our own HELP and TYPE, and get an explicit 0 for an instance
+ * that reports nothing, so a dashboard sees every configured plugin. */
+typedef struct pfam {
+    size_t name, nlen;              /* offsets into text */
+    size_t type, tlen;              /* tlen 0: untyped */
+    size_t help, hlen;              /* hlen 0: none */
+    const char *fixed_help;         /* ours, for the SPEC families */
+} pfam_t;
+
+typedef struct psample {
+    size_t fam, line, len;
+} psample_t;
+
+typedef struct pset {
+    gh_obuf_t text;                 /* every instance's output, one after the other */
+    pfam_t *fams;
+    size_t nfams, capfams;
+    psample_t *samples;
+    size_t nsamples, capsamples;
+    bool oom;
+} pset_t;
+
+static const struct {
+    const char *name, *help, *plugin_type;
+} spec_fams[] = {
+    { "gatehouse_rate_limited_total", "Requests rejected with 429 by a rate_limit plugin.",
+      "rate_limit" },
+    { "gatehouse_auth_failures_total", "Requests rejected with 401 by an api_key plugin.",
+      "api_key" },
+};
+#define NSPEC (sizeof spec_fams / sizeof spec_fams[0])
+
+static bool grow(void **p, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return true;
+    size_t c = *cap ? *cap * 2 : 16;
+    void *q = realloc(*p, c * size);
+    if (!q)
+        return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+static size_t fam_find(pset_t *ps, const char *s, size_t n)
+{
+    for (size_t i = 0; i < ps->nfams; i++)
+        if (ps->fams[i].nlen == n && memcmp(ps->text.p + ps->fams[i].name, s, n) == 0)
+            return i;
+    return SIZE_MAX;
+}
+
+static size_t fam_add(pset_t *ps, size_t off, size_t n)
+{
+    if (!grow((void **)&ps->fams, &ps->capfams, ps->nfams, sizeof *ps->fams)) {
+        ps->oom = true;
+        return SIZE_MAX;
+    }
+    ps->fams[ps->nfams] = (pfam_t){ .name = off, .nlen = n };
+    return ps->nfams++;
+}
+
+/* The family a sample belongs to: its own name, or the histogram or summary
+ * it is a _bucket/_sum/_count of. */
+static size_t fam_of_sample(pset_t *ps, size_t off, size_t n)
+{
+    const char *s = ps->text.p + off;
+    size_t f = fam_find(ps, s, n);
+    if (f != SIZE_MAX)
+        return f;
+    static const char *const suffix[] = { "_bucket", "_sum", "_count" };
+    for (size_t i = 0; i < 3; i++) {
+        size_t sl = strlen(suffix[i]);
+        if (n <= sl || memcmp(s + n - sl, suffix[i], sl) != 0)
+            continue;
+        f = fam_find(ps, s, n - sl);
+        if (f != SIZE_MAX && ps->fams[f].tlen >= 7)    /* histogram or summary */
+            return f;
+    }
+    return fam_add(ps, off, n);
+}
+
+static bool valid_type(const char *t, size_t n)
+{
+    static const char *const types[] = { "counter", "gauge", "histogram", "summary", "untyped" };
+    for (size_t i = 0; i < 5; i++)
+        if (strlen(types[i]) == n && memcmp(types[i], t, n) == 0)
+            return true;
+    return false;
+}
+
+/* "# TYPE name type" or "# HELP name text" at text offset off. */
+static void parse_comment(pset_t *ps, size_t off, size_t len)
+{
+    const char *l = ps->text.p + off;
+    bool is_type = len > 7 && memcmp(l, "# TYPE ", 7) == 0;
+    bool is_help = len > 7 && memcmp(l, "# HELP ", 7) == 0;
+    if (!is_type && !is_help)
+        return;
+    size_t n = sample_name_len(l + 7, len - 7);
+    if (!n)
+        return;
+    size_t f = fam_find(ps, l + 7, n);
+    if (f == SIZE_MAX && (f = fam_add(ps, off + 7, n)) == SIZE_MAX)
+        return;
+    pfam_t *pf = &ps->fams[f];
+    size_t rest = off + 7 + n + 1, rlen = len - 7 - n - 1;
+    if (is_type && !pf->tlen && valid_type(ps->text.p + rest, rlen)) {
+        pf->type = rest;
+        pf->tlen = rlen;
+    } else if (is_help && !pf->hlen && !pf->fixed_help && rlen) {
+        pf->help = rest;
+        pf->hlen = rlen;
+    }
+}
+
+/* Parses text[from..to); has[k] is set when spec family k got a sample. */
+static void parse_lines(pset_t *ps, size_t from, size_t to, bool has[NSPEC])
+{
+    for (size_t off = from; off < to;) {
+        char *l = ps->text.p + off;
+        char *nl = memchr(l, '\n', to - off);
+        size_t len = nl ? (size_t)(nl - l) : to - off;
+        size_t next = off + len + 1;
+        if (len && l[len - 1] == '\r')
+            len--;
+        size_t n;
+        if (len && l[0] == '#') {
+            parse_comment(ps, off, len);
+        } else if (len && (n = sample_name_len(l, len))) {
+            size_t f = fam_of_sample(ps, off, n);
+            if (f == SIZE_MAX ||
+                !grow((void **)&ps->samples, &ps->capsamples, ps->nsamples, sizeof *ps->samples)) {
+                ps->oom = true;
+                return;
+            }
+            ps->samples[ps->nsamples++] = (psample_t){ f, off, len };
+            if (f < NSPEC)
+                has[f] = true;
+        }
+        off = next;
+    }
+}
+
+static void render_plugins(gh_obuf_t *b, const gh_config_t *cfg)
+{
+    pset_t ps = { 0 };
+    bool *has = calloc(cfg->nplugins + 1, NSPEC * sizeof *has);
+    char *buf = malloc(PLUGIN_OUT_CAP);
+    if (!has || !buf) {
+        b->oom = true;
+        goto out;
+    }
+    /* the SPEC families are families 0..NSPEC-1, named from text */
+    for (size_t k = 0; k < NSPEC; k++) {
+        size_t off = ps.text.len;
+        gh_obuf_puts(&ps.text, spec_fams[k].name);
+        size_t f = fam_add(&ps, off, strlen(spec_fams[k].name));
+        if (f != SIZE_MAX)
+            ps.fams[f].fixed_help = spec_fams[k].help;
+    }
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        size_t n = plugin_lines(cfg->plugins[i], buf);
+        size_t from = ps.text.len;
+        gh_obuf_put(&ps.text, buf, n);
+        gh_obuf_puts(&ps.text, "\n");
+        if (ps.text.oom)
+            break;
+        parse_lines(&ps, from, ps.text.len, &has[i * NSPEC]);
+    }
+    if (ps.oom || ps.text.oom) {
+        b->oom = true;
+        goto out;
+    }
+    for (size_t f = 0; f < ps.nfams; f++) {
+        const pfam_t *pf = &ps.fams[f];
+        const char *name = ps.text.p + pf->name;
+        bool any = f < NSPEC;
+        for (size_t s = 0; s < ps.nsamples && !any; s++)
+            any = ps.samples[s].fam == f;
+        if (!any)
+            continue;   /* a TYPE or HELP with no sample */
+        if (pf->fixed_help)
+            gh_obuf_printf(b, "# HELP %.*s %s\n", (int)pf->nlen, name, pf->fixed_help);
+        else if (pf->hlen)
+            gh_obuf_printf(b, "# HELP %.*s %.*s\n", (int)pf->nlen, name, (int)pf->hlen,
+                           ps.text.p + pf->help);
+        gh_obuf_printf(b, "# TYPE %.*s %.*s\n", (int)pf->nlen, name,
+                       pf->tlen ? (int)pf->tlen : (f < NSPEC ? 7 : 7),
+                       pf->tlen ? ps.text.p + pf->type : (f < NSPEC ? "counter" : "untyped"));
+        for (size_t s = 0; s < ps.nsamples; s++) {
+            if (ps.samples[s].fam != f)
+                continue;
+            gh_obuf_put(b, ps.text.p + ps.samples[s].line, ps.samples[s].len);
+            gh_obuf_puts(b, "\n");
+        }
+        if (f >= NSPEC)
+            continue;
+        for (size_t i = 0; i < cfg->nplugins; i++) {
+            const gh_plugin_conf_t *pc = cfg->plugins[i];
+            if (has[i * NSPEC + f] || !pc->type || strcmp(pc->type, spec_fams[f].plugin_type) != 0)
+                continue;
+            gh_obuf_printf(b, "%.*s{plugin=\"", (int)pf->nlen, name);
+            gh_obuf_esc(b, pc->name, GH_ESC_PROM_LABEL);
+            gh_obuf_puts(b, "\"} 0\n");
+        }
+    }
+out:
+    free(buf);
+    free(has);
+    free(ps.fams);
+    free(ps.samples);
+    gh_obuf_free(&ps.text);
 }

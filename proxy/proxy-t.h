@@ -147,6 +147,8 @@ struct gh_req {
     gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */
     uint64_t start_ns;
     char request_id[48];
+    char client_ip[48];     /* real client: trusted proxies applied */
+    struct sockaddr_storage client_addr;
 
     /* copies for logs and redirects */
     char method[24];

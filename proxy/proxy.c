@@ -216,6 +216,7 @@ static void pump_request(gh_req_t *r)
             return;
         }
         c->off += used;
+        r->bytes_in += used;
         for (unsigned i = 0; i < r->nqiov; i++)
             bufs[n++] = r->qiov[i];
         if (r->qout_len)
@@ -614,6 +615,7 @@ static void tunnel_up(gh_req_t *r)
     if (r->upstream_writing || !uc || c->len == c->off)
         return;
     uv_buf_t b = uv_buf_init(c->buf + c->off, (unsigned)(c->len - c->off));
+    r->bytes_in += b.len;
     r->upstream_writing = true;
     uc->wreq.data = uc;
     if (gh_stream_write(uc->stream, &uc->wreq, &b, 1, tunnel_up_written) != 0) {

@@ -58,6 +58,9 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len);
 /* rh is the scanned upstream response head (slices into buf). */
 char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len);
 void gh__request_id(char out[33]);
+/* Fills r->client_ip and r->client_addr from the peer and, for trusted
+ * proxies, CF-Connecting-IP or X-Forwarded-For. Needs r->head. */
+void gh__real_client(gh_req_t *r);
 
 /* accesslog.c */
 int gh__accesslog_open(const gh_config_t *cfg);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "conf/config.h"
+#include "proxy/health.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 
@@ -34,6 +35,7 @@ void gh__snapshot_release(gh_snapshot_t *s)
 {
     if (--s->refcount > 0)
         return;
+    gh__health_stop(s);
     gh__upstream_fini(s);
     gh_config_release(s->cfg);
     free(s);
@@ -209,6 +211,8 @@ static void reload(gh_server_t *srv)
     gh_snapshot_t *old = srv->snap;
     srv->snap = gh__snapshot_new(srv, cfg);
     gh_log_level = cfg->log_level;
+    gh__health_start(srv->snap, srv->loop, old);
+    gh__health_stop(old);
     gh__snapshot_release(old);
     srv->reloads_ok++;
     gh_log_info("configuration reloaded from %s", srv->config_path);
@@ -353,6 +357,7 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_prepare_init(srv->loop, &srv->flush);
     uv_prepare_start(&srv->flush, on_prepare);
     uv_unref((uv_handle_t *)&srv->flush);
+    gh__health_start(srv->snap, srv->loop, NULL);
     gh_log_info("gatehouse %s started with %s", GH_VERSION, config_path);
 
     uv_run(srv->loop, UV_RUN_DEFAULT);

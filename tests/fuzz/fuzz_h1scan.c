@@ -137,6 +137,11 @@ static void check_incremental(const char *buf, size_t len, int r, scan_fn scan, 
     size_t n = (size_t)r;
 
     for (size_t k = 0; k < n; k++) {
+        /* All prefixes cost O(n^2); past 1 KiB take the ones around line
+         * ends, where the scanner decides things, and a sample between. */
+        if (n > 1024 && k % 61 != 0 && buf[k] != '\r' && buf[k] != '\n' &&
+            buf[k - 1] != '\r' && buf[k - 1] != '\n')
+            continue;
         int q = scan(buf, k, SIZE_MAX, &h2);
         ENSURE(q == 0, "prefix %zu of accepted %zu-byte head gave %d", k, n, q);
     }

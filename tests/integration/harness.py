@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BACKENDS = HERE / "backends"
-BIN = os.environ.get("GATEHOUSE_BIN", str(REPO / "build" / "gatehouse"))
+BIN = os.path.abspath(os.environ.get("GATEHOUSE_BIN", str(REPO / "build" / "gatehouse")))
 
 SANITIZER_MARKERS = (
     "ERROR: AddressSanitizer",
@@ -576,13 +576,17 @@ class Gatehouse:
         return proc_status(self.pid, "VmHWM")
 
     def signal(self, sig):
+        """Sends sig. SIGTERM and SIGINT make the exit the test's business."""
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.stopped_by_test = True
         self.proc.send_signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=15.0):
-        """Sends sig and waits for the exit; SIGKILL after timeout. Returns the
-        exit status (negative for a signal), or None if it had to be killed."""
+    def stop(self, sig=None, timeout=15.0):
+        """Sends sig (default SIGTERM) and waits for the exit; SIGKILL after
+        timeout. Returns the exit status (negative for a signal), or None if
+        it had to be killed."""
         self.stopped_by_test = True
-        return self._stop(sig, timeout)
+        return self._stop(sig or signal.SIGTERM, timeout)
 
     def _stop(self, sig, timeout):
         if self.proc is None:

@@ -72,6 +72,9 @@ def test_second_sigterm_stops_at_once(gatehouse, aio):
         c.send(build_request("GET", "/sse?n=30&delay=1.0", host="app.test"))
         assert c.read_head().status == 200
         gh.signal(signal.SIGTERM)
+        # Two signals sent back to back may merge into one; send the second
+        # once the first has visibly been acted on (the listener closed).
+        assert wait_until(lambda: refused(gh.port), 5), "SIGTERM did not close the listener"
         assert gh.alive()
         gh.signal(signal.SIGTERM)
         assert wait_until(lambda: not gh.alive(), 10, 0.05), \

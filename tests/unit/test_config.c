@@ -6,20 +6,35 @@
 #include <stdlib.h>
 #include "conf/arena.h"
 #include "conf/config.h"
+#include "conf/decode.h"
 #include "conf/node.h"
 #include "conf/yaml.h"
 #include "tests/unit/test.h"
 
+/* An expected "... is not supported yet" line while feature F is off; once a
+ * change turns F on, the line is no longer expected (and must not appear). */
+#define NOT_YET(f, line) (gh__feature_on(f) ? "" : (line))
+
+/* The expected lines without those "" leaves; returns their count. */
+static size_t expected_lines(const char *const *in, const char **out)
+{
+    size_t n = 0;
+    for (; *in; in++)
+        if (**in)
+            out[n++] = *in;
+    out[n] = NULL;
+    return n;
+}
+
 /* Loads FILE, expects it to fail with exactly the given lines, in order. */
-static void expect_errors(int line, const char *file, const char *const *expected)
+static void expect_errors(int line, const char *file, const char *const *want)
 {
     gh_errors_t e;
     gh_errors_init(&e);
     gh_config_t *c = gh_config_load(file, &e);
-    CHECK(c == NULL);
-    size_t n = 0;
-    while (expected[n])
-        n++;
+    const char *expected[64];
+    size_t n = expected_lines(want, expected);
+    CHECK(n == 0 ? c != NULL : c == NULL);
     size_t max = n > e.n ? n : e.n;
     int before = gh_test_failed;
     for (size_t i = 0; i < max; i++)
@@ -300,19 +315,19 @@ static void test_unknown_keys(void)
         "unit/conf/unknown_keys.yaml:23:16: unknown key 'bdy' in respond (did you mean 'body'?)",
         "unit/conf/unknown_keys.yaml:23:25: unknown key 'statsu' in respond (did you mean 'status'?)");
     EXPECT_ERRORS("unit/conf/unknown_keys_more.yaml",
-        "unit/conf/unknown_keys_more.yaml:3:1: the admin section is not supported yet",
+        NOT_YET(GH_FEAT_ADMIN, "unit/conf/unknown_keys_more.yaml:3:1: the admin section is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:4:3: unknown key 'adress' in admin (did you mean 'address'?)",
         "unit/conf/unknown_keys_more.yaml:4:3: missing 'address' in admin",
-        "unit/conf/unknown_keys_more.yaml:5:1: the tls section is not supported yet",
+        NOT_YET(GH_FEAT_TLS_SECTION, "unit/conf/unknown_keys_more.yaml:5:1: the tls section is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:9:7: unknown key 'chain' in certificate",
         "unit/conf/unknown_keys_more.yaml:10:3: unknown key 'min_verison' in tls (did you mean 'min_version'?)",
-        "unit/conf/unknown_keys_more.yaml:14:5: health_check is not supported yet",
+        NOT_YET(GH_FEAT_HEALTH_CHECK, "unit/conf/unknown_keys_more.yaml:14:5: health_check is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:14:31: unknown key 'intervall' in health_check (did you mean 'interval'?)",
-        "unit/conf/unknown_keys_more.yaml:15:5: tls on an upstream is not supported yet",
+        NOT_YET(GH_FEAT_UPSTREAM_TLS, "unit/conf/unknown_keys_more.yaml:15:5: tls on an upstream is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:15:12: unknown key 'verfy' in upstream tls (did you mean 'verify'?)",
-        "unit/conf/unknown_keys_more.yaml:16:1: the tunnels section is not supported yet",
+        NOT_YET(GH_FEAT_TUNNELS, "unit/conf/unknown_keys_more.yaml:16:1: the tunnels section is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:19:5: unknown key 'token' in tunnel",
-        "unit/conf/unknown_keys_more.yaml:20:1: the connect section is not supported yet",
+        NOT_YET(GH_FEAT_CONNECT, "unit/conf/unknown_keys_more.yaml:20:1: the connect section is not supported yet"),
         "unit/conf/unknown_keys_more.yaml:24:5: unknown key 'service' in connect (did you mean 'services'?)");
 }
 
@@ -372,16 +387,16 @@ static void test_duplicates(void)
 static void test_undefined(void)
 {
     EXPECT_ERRORS("unit/conf/undefined.yaml",
-        "unit/conf/undefined.yaml:8:1: the plugins section is not supported yet",
-        "unit/conf/undefined.yaml:11:1: the tunnels section is not supported yet",
+        NOT_YET(GH_FEAT_PLUGINS_SECTION, "unit/conf/undefined.yaml:8:1: the plugins section is not supported yet"),
+        NOT_YET(GH_FEAT_TUNNELS, "unit/conf/undefined.yaml:11:1: the tunnels section is not supported yet"),
         "unit/conf/undefined.yaml:16:15: undefined upstream 'webiu' (did you mean 'webui'?)",
         "unit/conf/undefined.yaml:18:15: undefined upstream 'nothing'",
         "unit/conf/undefined.yaml:20:15: undefined upstream 'localhost:8080' (an inline upstream needs a scheme, e.g. http://)",
-        "unit/conf/undefined.yaml:22:15: a tunnel:// upstream is not supported yet",
+        NOT_YET(GH_FEAT_TUNNEL_UPSTREAM, "unit/conf/undefined.yaml:22:15: a tunnel:// upstream is not supported yet"),
         "unit/conf/undefined.yaml:22:15: undefined tunnel 'phenix' (did you mean 'phoenix'?)",
-        "unit/conf/undefined.yaml:24:15: a tunnel:// upstream is not supported yet",
+        NOT_YET(GH_FEAT_TUNNEL_UPSTREAM, "unit/conf/undefined.yaml:24:15: a tunnel:// upstream is not supported yet"),
         "unit/conf/undefined.yaml:24:15: undefined tunnel 'zzz'",
-        "unit/conf/undefined.yaml:27:5: plugins on a route is not supported yet",
+        NOT_YET(GH_FEAT_ROUTE_PLUGINS, "unit/conf/undefined.yaml:27:5: plugins on a route is not supported yet"),
         "unit/conf/undefined.yaml:27:15: undefined plugin 'require_keys' (did you mean 'require_key'?)",
         "unit/conf/undefined.yaml:27:38: undefined plugin 'nope'",
         "unit/conf/undefined.yaml:27:44: plugin 'per_key' is listed twice");
@@ -446,14 +461,14 @@ static void test_sections(void)
 static void test_files(void)
 {
     EXPECT_ERRORS("unit/conf/unreadable.yaml",
-        "unit/conf/unreadable.yaml:3:1: the tls section is not supported yet",
+        NOT_YET(GH_FEAT_TLS_SECTION, "unit/conf/unreadable.yaml:3:1: the tls section is not supported yet"),
         "unit/conf/unreadable.yaml:5:13: cannot read unit/conf/no-such-cert.pem: No such file or directory",
         "unit/conf/unreadable.yaml:6:12: cannot read unit/conf: Is a directory",
         "unit/conf/unreadable.yaml:7:7: missing 'key' in certificate",
         "unit/conf/unreadable.yaml:8:17: cannot read unit/conf/full.yaml: Not a directory",
-        "unit/conf/unreadable.yaml:12:5: tls on an upstream is not supported yet",
+        NOT_YET(GH_FEAT_UPSTREAM_TLS, "unit/conf/unreadable.yaml:12:5: tls on an upstream is not supported yet"),
         "unit/conf/unreadable.yaml:12:16: cannot read /nonexistent/ca.pem: No such file or directory",
-        "unit/conf/unreadable.yaml:13:1: the connect section is not supported yet",
+        NOT_YET(GH_FEAT_CONNECT, "unit/conf/unreadable.yaml:13:1: the connect section is not supported yet"),
         "unit/conf/unreadable.yaml:16:17: cannot read unit/conf/missing.token: No such file or directory",
         "unit/conf/unreadable.yaml:17:9: cannot read unit: Is a directory");
     EXPECT_ERRORS("unit/conf/does-not-exist.yaml",
@@ -474,38 +489,38 @@ static void test_syntax(void)
 static void test_unsupported(void)
 {
     EXPECT_ERRORS("unit/conf/unsupported.yaml",
-        "unit/conf/unsupported.yaml:3:5: tls on a listener is not supported yet",
-        "unit/conf/unsupported.yaml:4:5: proxy_protocol is not supported yet",
-        "unit/conf/unsupported.yaml:7:1: the admin section is not supported yet",
-        "unit/conf/unsupported.yaml:9:1: the tls section is not supported yet",
-        "unit/conf/unsupported.yaml:16:15: an https:// server is not supported yet",
-        "unit/conf/unsupported.yaml:17:5: health_check is not supported yet",
-        "unit/conf/unsupported.yaml:18:5: tls on an upstream is not supported yet",
-        "unit/conf/unsupported.yaml:19:1: the plugins section is not supported yet",
-        "unit/conf/unsupported.yaml:21:1: the tunnels section is not supported yet",
-        "unit/conf/unsupported.yaml:24:1: the connect section is not supported yet",
-        "unit/conf/unsupported.yaml:32:15: a tunnel:// upstream is not supported yet",
-        "unit/conf/unsupported.yaml:33:5: plugins on a route is not supported yet",
-        "unit/conf/unsupported.yaml:35:15: an https:// server is not supported yet");
+        NOT_YET(GH_FEAT_LISTEN_TLS, "unit/conf/unsupported.yaml:3:5: tls on a listener is not supported yet"),
+        NOT_YET(GH_FEAT_PROXY_PROTOCOL, "unit/conf/unsupported.yaml:4:5: proxy_protocol is not supported yet"),
+        NOT_YET(GH_FEAT_ADMIN, "unit/conf/unsupported.yaml:7:1: the admin section is not supported yet"),
+        NOT_YET(GH_FEAT_TLS_SECTION, "unit/conf/unsupported.yaml:9:1: the tls section is not supported yet"),
+        NOT_YET(GH_FEAT_HTTPS_SERVER, "unit/conf/unsupported.yaml:16:15: an https:// server is not supported yet"),
+        NOT_YET(GH_FEAT_HEALTH_CHECK, "unit/conf/unsupported.yaml:17:5: health_check is not supported yet"),
+        NOT_YET(GH_FEAT_UPSTREAM_TLS, "unit/conf/unsupported.yaml:18:5: tls on an upstream is not supported yet"),
+        NOT_YET(GH_FEAT_PLUGINS_SECTION, "unit/conf/unsupported.yaml:19:1: the plugins section is not supported yet"),
+        NOT_YET(GH_FEAT_TUNNELS, "unit/conf/unsupported.yaml:21:1: the tunnels section is not supported yet"),
+        NOT_YET(GH_FEAT_CONNECT, "unit/conf/unsupported.yaml:24:1: the connect section is not supported yet"),
+        NOT_YET(GH_FEAT_TUNNEL_UPSTREAM, "unit/conf/unsupported.yaml:32:15: a tunnel:// upstream is not supported yet"),
+        NOT_YET(GH_FEAT_ROUTE_PLUGINS, "unit/conf/unsupported.yaml:33:5: plugins on a route is not supported yet"),
+        NOT_YET(GH_FEAT_HTTPS_SERVER, "unit/conf/unsupported.yaml:35:15: an https:// server is not supported yet"));
     /* Unsupported sections are still checked in full. */
     EXPECT_ERRORS("unit/conf/unsupported_bad.yaml",
-        "unit/conf/unsupported_bad.yaml:3:1: the tls section is not supported yet",
+        NOT_YET(GH_FEAT_TLS_SECTION, "unit/conf/unsupported_bad.yaml:3:1: the tls section is not supported yet"),
         "unit/conf/unsupported_bad.yaml:5:7: missing 'key' in certificate",
         "unit/conf/unsupported_bad.yaml:6:16: invalid min_version '1.1' (expected \"1.2\" or \"1.3\")",
-        "unit/conf/unsupported_bad.yaml:10:5: health_check is not supported yet",
+        NOT_YET(GH_FEAT_HEALTH_CHECK, "unit/conf/unsupported_bad.yaml:10:5: health_check is not supported yet"),
         "unit/conf/unsupported_bad.yaml:10:27: health_check path must start with '/'",
         "unit/conf/unsupported_bad.yaml:10:58: health_check timeout must not be longer than its interval",
         "unit/conf/unsupported_bad.yaml:10:68: expected a number from 1 to 100",
-        "unit/conf/unsupported_bad.yaml:11:5: tls on an upstream is not supported yet",
+        NOT_YET(GH_FEAT_UPSTREAM_TLS, "unit/conf/unsupported_bad.yaml:11:5: tls on an upstream is not supported yet"),
         "unit/conf/unsupported_bad.yaml:11:20: expected true or false",
-        "unit/conf/unsupported_bad.yaml:12:1: the plugins section is not supported yet",
+        NOT_YET(GH_FEAT_PLUGINS_SECTION, "unit/conf/unsupported_bad.yaml:12:1: the plugins section is not supported yet"),
         "unit/conf/unsupported_bad.yaml:13:15: invalid plugin type 'api_keys' (did you mean 'api_key'?)",
         "unit/conf/unsupported_bad.yaml:14:7: missing 'type' in plugin 'p2'",
         "unit/conf/unsupported_bad.yaml:15:7: expected a mapping",
-        "unit/conf/unsupported_bad.yaml:16:1: the tunnels section is not supported yet",
+        NOT_YET(GH_FEAT_TUNNELS, "unit/conf/unsupported_bad.yaml:16:1: the tunnels section is not supported yet"),
         "unit/conf/unsupported_bad.yaml:17:21: token_hash must be 'sha256:' and 64 hex digits (gatehouse keygen prints one)",
         "unit/conf/unsupported_bad.yaml:18:7: missing 'token_hash' in tunnel 't2'",
-        "unit/conf/unsupported_bad.yaml:19:1: the connect section is not supported yet",
+        NOT_YET(GH_FEAT_CONNECT, "unit/conf/unsupported_bad.yaml:19:1: the connect section is not supported yet"),
         "unit/conf/unsupported_bad.yaml:20:5: missing 'edge' in connect",
         "unit/conf/unsupported_bad.yaml:20:5: missing 'token_file' in connect",
         "unit/conf/unsupported_bad.yaml:21:18: expected a number from 1 to 64",
@@ -513,14 +528,13 @@ static void test_unsupported(void)
 }
 
 /* Loads text from memory and compares the error lines. */
-static void expect_buffer(int line, const char *text, const char *const *expected)
+static void expect_buffer(int line, const char *text, const char *const *want)
 {
     gh_errors_t e;
     gh_errors_init(&e);
     gh_config_t *c = gh_config_load_buffer("mem.yaml", text, strlen(text), &e);
-    size_t n = 0;
-    while (expected[n])
-        n++;
+    const char *expected[64];
+    size_t n = expected_lines(want, expected);
     CHECK(n == 0 ? c != NULL : c == NULL);
     size_t max = n > e.n ? n : e.n;
     int before = gh_test_failed;
@@ -624,7 +638,7 @@ static void test_more_values(void)
         "mem.yaml:4:20: expected a non-empty string");
     EXPECT_BUFFER("listen: [{address: 127.0.0.1:1, tls: true, redirect_https: true}]\n",
         "mem.yaml:1:10: listener 127.0.0.1:1 has tls: true but tls.certificates is empty",
-        "mem.yaml:1:33: tls on a listener is not supported yet",
+        NOT_YET(GH_FEAT_LISTEN_TLS, "mem.yaml:1:33: tls on a listener is not supported yet"),
         "mem.yaml:1:44: redirect_https on a tls listener would redirect to itself");
 }
 

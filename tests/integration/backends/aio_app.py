@@ -108,7 +108,8 @@ async def sse(request):
 
 
 async def ws_echo(request):
-    ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024, headers=_hdr())
+    ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+    ws.headers.update(_hdr())
     await ws.prepare(request)
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:

@@ -1,0 +1,695 @@
+#!/usr/bin/python3
+"""Helper for bench/run: small clients, parsers and the result tables.
+
+Standard library only (Debian's /usr/bin/python3). Every network call goes
+to 127.0.0.1 and every loop is bounded in count and in time.
+
+Sub-commands (see bench/run for how they are used):
+
+  ports N                      print N free TCP ports on 127.0.0.1
+  waitport PORT SECS [PID]     wait until 127.0.0.1:PORT is listening
+  rss PID                      VmRSS in KiB of PID plus its descendants
+  requests PORT N              N requests over one keep-alive connection
+  idle ...                     open idle keep-alive connections, measure RSS
+  record-wrk ...               parse a wrk output file into results.jsonl
+  record-callgrind ...         instructions per request from two callgrind runs
+  record-fail ...              record a failed measurement
+  meta RESULTS KEY=VALUE...    record run parameters
+  info ...                     machine and version information (JSON)
+  table RESULTS ROUND          print the table of one round
+  summary RESULTS INFO [--md FILE]   medians, ratios, Markdown
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HOST = "127.0.0.1"
+
+# ---------------------------------------------------------------------------
+# What is measured. One row per metric in the tables.
+#   (scenario, metric, label template, unit, better, format)
+# The label templates are filled from the run parameters ("meta" rows).
+# ---------------------------------------------------------------------------
+METRICS = [
+    ("small", "rps", "small responses, keep-alive, {conns} conns", "requests/s", "higher", "int"),
+    ("small", "p99_ms", "small responses, keep-alive, {conns} conns", "p99 latency ms", "lower", "ms"),
+    ("large", "mibps", "10 MiB bodies, {large_conns} conns", "MiB/s", "higher", "int"),
+    ("close", "rps", "new connection per request, {conns} conns", "connections/s", "higher", "int"),
+    ("idle", "kib_per_conn", "{idle_conns} idle keep-alive connections", "KiB RSS per connection", "lower", "kib"),
+    ("callgrind", "ir_per_req", "callgrind, {callgrind_n} keep-alive requests", "instructions per request", "lower", "int"),
+    ("multi", "rps", "workers auto, {nproc} cores, {conns} conns", "requests/s", "higher", "int"),
+    ("multi", "p99_ms", "workers auto, {nproc} cores, {conns} conns", "p99 latency ms", "lower", "ms"),
+]
+TARGETS = ["gatehouse", "nginx", "haproxy", "direct"]
+ANCHORS = ["nginx", "haproxy"]
+
+
+# ---------------------------------------------------------------------------
+# Small HTTP/1.1 client
+# ---------------------------------------------------------------------------
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: gatehouse-bench\r\n\r\n"
+
+
+class Conn:
+    """One keep-alive connection that reads whole responses."""
+
+    def __init__(self, port, timeout):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.buf = b""
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        self.buf += data
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self):
+        for _ in range(100000):
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line
+            if len(self.buf) > 65536:
+                raise ValueError("line too long")
+            self._fill()
+        raise ValueError("no line")
+
+    def request(self, raw=REQUEST):
+        """Send one request, read the whole response, return the status."""
+        self.sock.sendall(raw)
+        status_line = self._line()
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ValueError("bad status line %r" % status_line)
+        status = int(parts[1])
+        length, chunked, close = None, False, False
+        for _ in range(1000):
+            line = self._line()
+            if not line:
+                break
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value:
+                chunked = True
+            elif name == b"connection" and value == b"close":
+                close = True
+        if chunked:
+            for _ in range(10000000):
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    for _ in range(1000):  # trailers
+                        if not self._line():
+                            break
+                    break
+                self._take(size + 2)
+        elif length is not None:
+            self._take(length)
+        elif close:
+            raise ValueError("response without length")
+        if close:
+            raise ConnectionError("server asked to close the connection")
+        return status
+
+    def is_open(self):
+        """True while the server has not closed the connection."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# /proc helpers
+# ---------------------------------------------------------------------------
+def listening(port):
+    """True when something listens on 127.0.0.1:port or 0.0.0.0:port."""
+    want = {"0100007F:%04X" % port, "00000000:%04X" % port}
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and fields[1] in want:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(root):
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo and len(out) < 10000:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def vmrss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_tree(root):
+    """Sum of VmRSS (KiB) over the process and all its descendants."""
+    return sum(vmrss_kib(p) for p in descendants(root))
+
+
+# ---------------------------------------------------------------------------
+# results.jsonl
+# ---------------------------------------------------------------------------
+def append(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def load(path):
+    rows, meta = [], {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            row = json.loads(line)
+            if "meta" in row:
+                meta.update(row["meta"])
+            else:
+                rows.append(row)
+    return rows, meta
+
+
+def record(path, rnd, scenario, target, metric, value, note=None):
+    row = {"round": int(rnd), "scenario": scenario, "target": target,
+           "metric": metric, "value": value}
+    if note:
+        row["note"] = note
+    append(path, row)
+
+
+# ---------------------------------------------------------------------------
+# wrk output
+# ---------------------------------------------------------------------------
+SIZE = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_wrk(text):
+    out = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)([KMGT]?B)", text)
+    if m:
+        out["mibps"] = float(m.group(1)) * SIZE[m.group(2)] / 1024 ** 2
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+    if m:
+        out["p99_ms"] = float(m.group(1)) * TIME_MS[m.group(2)]
+    m = re.search(r"(\d+) requests in", text)
+    out["requests"] = int(m.group(1)) if m else 0
+    errors = []
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m and any(int(x) for x in m.groups()):
+        errors.append("socket errors: connect %s, read %s, write %s, timeout %s" % m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errors.append("%s non-2xx responses" % m.group(1))
+    out["errors"] = errors
+    return out
+
+
+def cmd_record_wrk(a):
+    try:
+        with open(a.wrk_output) as f:
+            w = parse_wrk(f.read())
+    except OSError as e:
+        w = {"requests": 0, "errors": [str(e)]}
+    note = "; ".join(w["errors"]) or None
+    if a.extra_note:
+        note = "; ".join(x for x in (note, a.extra_note) if x)
+    if not w.get("requests"):
+        for metric in a.metrics.split(","):
+            record(a.results, a.round, a.scenario, a.target, metric, None, note or "wrk made no request")
+        print("    %-9s failed: %s" % (a.target, note or "wrk made no request"))
+        return 1
+    shown = []
+    for metric in a.metrics.split(","):
+        value = w.get(metric)
+        record(a.results, a.round, a.scenario, a.target, metric, value, note)
+        shown.append("%s=%s" % (metric, fmt_plain(value)))
+    print("    %-9s %s%s" % (a.target, "  ".join(shown), ("   (" + note + ")") if note else ""))
+    return 0
+
+
+def fmt_plain(v):
+    if v is None:
+        return "-"
+    return "%.2f" % v if v < 100 else "%.0f" % v
+
+
+# ---------------------------------------------------------------------------
+# Sub-commands: clients
+# ---------------------------------------------------------------------------
+def cmd_ports(a):
+    socks = []
+    for _ in range(a.n):
+        s = socket.socket()
+        s.bind((HOST, 0))
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
+    return 0
+
+
+def cmd_waitport(a):
+    deadline = time.monotonic() + a.secs
+    while time.monotonic() < deadline:
+        if listening(a.port):
+            return 0
+        if a.pid and not alive(a.pid):
+            print("process %d exited before listening on %d" % (a.pid, a.port), file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print("nothing listens on %d after %ss" % (a.port, a.secs), file=sys.stderr)
+    return 1
+
+
+def cmd_rss(a):
+    print(rss_tree(a.pid))
+    return 0
+
+
+def run_requests(port, n, timeout, deadline):
+    conn = Conn(port, timeout)
+    ok = 0
+    try:
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                raise TimeoutError("deadline passed after %d requests" % ok)
+            if conn.request() == 200:
+                ok += 1
+    finally:
+        conn.close()
+    return ok
+
+
+def cmd_requests(a):
+    deadline = time.monotonic() + a.deadline
+    try:
+        ok = run_requests(a.port, a.n, a.timeout, deadline)
+    except (OSError, ValueError) as e:
+        print("requests: %s" % e, file=sys.stderr)
+        return 1
+    print(ok)
+    return 0 if ok == a.n else 1
+
+
+def cmd_idle(a):
+    """Open a.conns keep-alive connections, one request each, keep them open.
+
+    RSS is read before (after a short warm-up on one connection that is
+    then closed) and after all connections are open and idle."""
+    deadline = time.monotonic() + a.deadline
+    conns = []
+    note = None
+    try:
+        run_requests(a.port, 10, 10, deadline)  # warm-up: upstream pool, lazy init
+        time.sleep(a.settle)
+        before = rss_tree(a.pid)
+        for i in range(a.conns):
+            if time.monotonic() > deadline:
+                note = "deadline passed after %d connections" % i
+                break
+            c = Conn(a.port, 10)
+            conns.append(c)
+            status = c.request()
+            if status != 200:
+                note = "status %d on connection %d" % (status, i)
+                break
+        time.sleep(a.settle)
+        after = rss_tree(a.pid)
+        still_open = sum(1 for c in conns if c.is_open())
+    except (OSError, ValueError) as e:
+        note = "after %d connections: %s" % (len(conns), e)
+        before = after = still_open = None
+    finally:
+        for c in conns:
+            c.close()
+    if note is None and still_open < a.conns:
+        note = "only %d of %d connections still open" % (still_open, a.conns)
+    value = None
+    if before is not None and (still_open or 0) >= a.conns * 0.95:
+        value = (after - before) / a.conns
+    record(a.results, a.round, "idle", a.target, "kib_per_conn", value, note)
+    if value is None:
+        print("    %-9s failed: %s" % (a.target, note))
+        return 1
+    print("    %-9s RSS %d KiB -> %d KiB with %d idle connections: %.2f KiB/conn%s" % (
+        a.target, before, after, still_open, value, ("   (" + note + ")") if note else ""))
+    return 0
+
+
+def callgrind_total(path):
+    total = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+            if line.startswith("summary:"):
+                total = int(line.split()[1])
+    if total is None:
+        raise ValueError("no totals/summary line in %s" % path)
+    return total
+
+
+def cmd_record_callgrind(a):
+    try:
+        base = callgrind_total(a.baseline)
+        run = callgrind_total(a.run)
+    except (OSError, ValueError) as e:
+        record(a.results, a.round, "callgrind", a.target, "ir_per_req", None, str(e))
+        print("    %-9s failed: %s" % (a.target, e))
+        return 1
+    value = (run - base) / a.n
+    record(a.results, a.round, "callgrind", a.target, "ir_per_req", value)
+    print("    %-9s Ir: baseline %d, with %d requests %d: %.0f instructions/request" % (
+        a.target, base, a.n, run, value))
+    return 0
+
+
+def cmd_record_fail(a):
+    for metric in a.metrics.split(","):
+        record(a.results, a.round, a.scenario, a.target, metric, None, a.note)
+    print("    %-9s failed: %s" % (a.target, a.note))
+    return 0
+
+
+def cmd_meta(a):
+    meta = {}
+    for kv in a.pairs:
+        k, _, v = kv.partition("=")
+        meta[k] = v
+    append(a.results, {"meta": meta})
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Machine and versions
+# ---------------------------------------------------------------------------
+def run_out(argv, both=False):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "not available (%s)" % e.__class__.__name__
+    text = (p.stdout + p.stderr) if both else (p.stdout or p.stderr)
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    return lines[0] if lines else "?"
+
+
+def cmd_info(a):
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = "%.1f GiB" % (kib / 1024 / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    gh = run_out([a.gatehouse, "--version"])
+    rev = run_out(["git", "-C", a.repo, "rev-parse", "--short", "HEAD"])
+    info = {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "kernel": "%s %s" % (platform.system(), platform.release()),
+        "memory": mem,
+        "versions": {
+            "gatehouse": "%s (commit %s, build %s)" % (gh, rev, a.gatehouse),
+            "nginx": run_out(["nginx", "-v"], both=True),
+            "haproxy": run_out(["haproxy", "-v"]),
+            "wrk": run_out(["wrk", "-v"], both=True),
+            "valgrind": run_out(["valgrind", "--version"]),
+        },
+    }
+    with open(a.out, "w") as f:
+        json.dump(info, f, indent=1)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+def fmt(v, kind):
+    if v is None:
+        return "fail"
+    if kind == "int":
+        return "{:,.0f}".format(v)
+    if kind == "ms":
+        return "%.2f" % v
+    if kind == "kib":
+        return "%.2f" % v
+    return "%g" % v
+
+
+def label(template, meta):
+    try:
+        return template.format(**meta)
+    except KeyError:
+        return template
+
+
+def present(rows):
+    """Metrics and targets that appear in the rows, in table order."""
+    keys = {(r["scenario"], r["metric"]) for r in rows}
+    metrics = [m for m in METRICS if (m[0], m[1]) in keys]
+    targets = [t for t in TARGETS if any(r["target"] == t for r in rows)]
+    return metrics, targets
+
+
+def render(header, body, md):
+    """Aligned plain text, or a Markdown table."""
+    if md:
+        out = ["| " + " | ".join(header) + " |",
+               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = []
+    for r in [header] + body:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def cmd_table(a):
+    rows, meta = load(a.results)
+    rows = [r for r in rows if r["round"] == a.round]
+    metrics, targets = present(rows)
+    header = ["round %d" % a.round, "unit"] + targets
+    body, notes = [], []
+    for scen, metric, tmpl, unit, better, kind in metrics:
+        line = [label(tmpl, meta), unit]
+        for t in targets:
+            match = [r for r in rows if (r["scenario"], r["metric"], r["target"]) == (scen, metric, t)]
+            if not match:
+                line.append("")
+                continue
+            r = match[-1]
+            cell = fmt(r["value"], kind)
+            if r.get("note"):
+                cell += "*"
+                notes.append("%s %s: %s" % (scen, t, r["note"]))
+            line.append(cell)
+        body.append(line)
+    print(render(header, body, False))
+    for n in sorted(set(notes)):
+        print("  * " + n)
+    return 0
+
+
+def medians(rows):
+    values = {}
+    for r in rows:
+        if r["value"] is not None:
+            values.setdefault((r["scenario"], r["metric"], r["target"]), []).append(r["value"])
+    return {k: (statistics.median(v), len(v)) for k, v in values.items()}
+
+
+def cmd_summary(a):
+    rows, meta = load(a.results)
+    with open(a.info) as f:
+        info = json.load(f)
+    meta.setdefault("nproc", info["nproc"])
+    med = medians(rows)
+    metrics, targets = present(rows)
+    rounds = sorted({r["round"] for r in rows})
+    anchors = [t for t in ANCHORS if t in targets]
+    header = ["metric", "unit"] + targets + ["gatehouse/" + t for t in anchors] + ["better"]
+    body = []
+    for scen, metric, tmpl, unit, better, kind in metrics:
+        line = [label(tmpl, meta), unit]
+        for t in targets:
+            m = med.get((scen, metric, t))
+            present_rows = any(r for r in rows if (r["scenario"], r["metric"], r["target"]) == (scen, metric, t))
+            line.append(fmt(m[0], kind) if m else ("fail" if present_rows else ""))
+        gh = med.get((scen, metric, "gatehouse"))
+        for t in anchors:
+            an = med.get((scen, metric, t))
+            line.append("%.2f" % (gh[0] / an[0]) if gh and an and an[0] else "")
+        line.append(better)
+        body.append(line)
+    failed = sorted({"%s %s" % (r["scenario"], r["target"]) for r in rows if r["value"] is None})
+    notes = sorted({"round %d, %s, %s: %s" % (r["round"], r["scenario"], r["target"], r["note"])
+                    for r in rows if r.get("note")})
+
+    params = ("rounds: %s, %s s per wrk run after a %s s warm-up; order of the proxies rotated every round"
+              % (meta.get("rounds", len(rounds)), meta.get("duration", "?"), meta.get("warmup", "?")))
+    pinning = meta.get("pinning", "?")
+    machine = "%s cores, %s, %s, %s" % (info["nproc"], info["cpu"], info["kernel"], info["memory"])
+    versions = info["versions"]
+
+    text = ["", "Summary: medians over %d round(s)" % len(rounds), render(header, body, False), "",
+            "machine:  " + machine, "params:   " + params, "pinning:  " + pinning]
+    for k, v in versions.items():
+        text.append("%-9s %s" % (k + ":", v))
+    if failed:
+        text.append("failed at least once: " + ", ".join(failed))
+    for n in notes:
+        text.append("  * " + n)
+    print("\n".join(text))
+
+    if a.md:
+        md = ["# gatehouse benchmark", "",
+              "Generated by `%s` on %s. Medians over %d round(s); ratio = gatehouse / anchor "
+              "(above 1 is better where higher is better, below 1 where lower is better)."
+              % (meta.get("command", "bench/run"), meta.get("date", "?"), len(rounds)), "",
+              render(header, body, True), "",
+              "- machine: " + machine,
+              "- " + params,
+              "- pinning: " + pinning]
+        for k, v in versions.items():
+            md.append("- %s: %s" % (k, v))
+        if failed:
+            md.append("- failed at least once: " + ", ".join(failed))
+        for n in notes:
+            md.append("- note: " + n)
+        md.append("")
+        md.append("See bench/README.md for what each number means.")
+        with open(a.md, "w") as f:
+            f.write("\n".join(md) + "\n")
+        print("\nwrote " + a.md)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("ports"); s.add_argument("n", type=int); s.set_defaults(f=cmd_ports)
+    s = sub.add_parser("waitport"); s.add_argument("port", type=int); s.add_argument("secs", type=float)
+    s.add_argument("pid", type=int, nargs="?", default=0); s.set_defaults(f=cmd_waitport)
+    s = sub.add_parser("rss"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_rss)
+
+    s = sub.add_parser("requests"); s.add_argument("port", type=int); s.add_argument("n", type=int)
+    s.add_argument("--timeout", type=float, default=30); s.add_argument("--deadline", type=float, default=300)
+    s.set_defaults(f=cmd_requests)
+
+    s = sub.add_parser("idle")
+    for name in ("results", "round", "target"):
+        s.add_argument(name)
+    s.add_argument("--port", type=int, required=True); s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--conns", type=int, default=4000); s.add_argument("--settle", type=float, default=1.0)
+    s.add_argument("--deadline", type=float, default=120); s.set_defaults(f=cmd_idle)
+
+    s = sub.add_parser("record-wrk")
+    for name in ("results", "round", "scenario", "target", "metrics", "wrk_output"):
+        s.add_argument(name)
+    s.add_argument("--extra-note", default=None); s.set_defaults(f=cmd_record_wrk)
+
+    s = sub.add_parser("record-callgrind")
+    for name in ("results", "round", "target", "baseline", "run"):
+        s.add_argument(name)
+    s.add_argument("n", type=int); s.set_defaults(f=cmd_record_callgrind)
+
+    s = sub.add_parser("record-fail")
+    for name in ("results", "round", "scenario", "target", "metrics", "note"):
+        s.add_argument(name)
+    s.set_defaults(f=cmd_record_fail)
+
+    s = sub.add_parser("meta"); s.add_argument("results"); s.add_argument("pairs", nargs="*")
+    s.set_defaults(f=cmd_meta)
+
+    s = sub.add_parser("info"); s.add_argument("--gatehouse", required=True)
+    s.add_argument("--repo", required=True); s.add_argument("--out", required=True); s.set_defaults(f=cmd_info)
+
+    s = sub.add_parser("table"); s.add_argument("results"); s.add_argument("round", type=int)
+    s.set_defaults(f=cmd_table)
+    s = sub.add_parser("summary"); s.add_argument("results"); s.add_argument("info")
+    s.add_argument("--md", default=None); s.set_defaults(f=cmd_summary)
+
+    a = p.parse_args()
+    sys.exit(a.f(a))
+
+
+if __name__ == "__main__":
+    main()
