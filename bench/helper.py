@@ -45,6 +45,7 @@ METRICS = [
     ("large", "mibps", "10 MiB bodies, {large_conns} conns", "MiB/s", "higher", "int"),
     ("close", "rps", "new connection per request, {conns} conns", "connections/s", "higher", "int"),
     ("idle", "kib_per_conn", "{idle_conns} idle keep-alive connections", "KiB RSS per connection", "lower", "kib"),
+    ("idle", "rss_mib", "{idle_conns} idle keep-alive connections", "MiB RSS in all", "lower", "mib"),
     ("callgrind", "ir_per_req", "callgrind, {callgrind_n} keep-alive requests", "instructions per request", "lower", "int"),
     ("multi", "rps", "workers auto, {nproc} cores, {conns} conns", "requests/s", "higher", "int"),
     ("multi", "p99_ms", "workers auto, {nproc} cores, {conns} conns", "p99 latency ms", "lower", "ms"),
@@ -129,8 +130,9 @@ class Conn:
 
     def is_open(self):
         """True while the server has not closed the connection."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        if not readable:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if not poller.poll(0):
             return True
         try:
             return bool(self.sock.recv(1, socket.MSG_PEEK))
@@ -392,6 +394,7 @@ def cmd_idle(a):
     if before is not None and (still_open or 0) >= a.conns * 0.95:
         value = (after - before) / a.conns
     record(a.results, a.round, "idle", a.target, "kib_per_conn", value, note)
+    record(a.results, a.round, "idle", a.target, "rss_mib", after / 1024 if value is not None else None, note)
     if value is None:
         print("    %-9s failed: %s" % (a.target, note))
         return 1
@@ -504,8 +507,8 @@ def fmt(v, kind):
         return "{:,.0f}".format(v)
     if kind == "ms":
         return "%.2f" % v
-    if kind == "kib":
-        return "%.2f" % v
+    if kind in ("kib", "mib"):
+        return "%.2f" % v if v < 100 else "%.0f" % v
     return "%g" % v
 
 
@@ -604,6 +607,10 @@ def cmd_summary(a):
     params = ("rounds: %s, %s s per wrk run after a %s s warm-up; order of the proxies rotated every round"
               % (meta.get("rounds", len(rounds)), meta.get("duration", "?"), meta.get("warmup", "?")))
     pinning = meta.get("pinning", "?")
+    nginx_buf = meta.get("nginx_buffer", "default")
+    params += ("; nginx proxy_buffer_size %s" % nginx_buf)
+    params += ("; load average %s at the start, %s at the end"
+               % (meta.get("load_start", "?"), meta.get("load_end", "?")))
     machine = "%s cores, %s, %s, %s" % (info["nproc"], info["cpu"], info["kernel"], info["memory"])
     versions = info["versions"]
 

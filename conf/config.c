@@ -28,7 +28,7 @@ static const struct {
     [GH_FEAT_LISTEN_TLS]      = { "tls on a listener", false },
     [GH_FEAT_PROXY_PROTOCOL]  = { "proxy_protocol", false },
     [GH_FEAT_TLS_SECTION]     = { "the tls section", false },
-    [GH_FEAT_ADMIN]           = { "the admin section", false },
+    [GH_FEAT_ADMIN]           = { "the admin section", true },
     [GH_FEAT_TUNNELS]         = { "the tunnels section", false },
     [GH_FEAT_CONNECT]         = { "the connect section", false },
     [GH_FEAT_TUNNEL_UPSTREAM] = { "a tunnel:// upstream", false },

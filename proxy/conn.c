@@ -4,6 +4,7 @@
  * A connection handles one request at a time; pipelined requests wait in
  * the read buffer until the response before them is fully written, which
  * keeps responses in order without queueing them. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,20 @@ static const llhttp_settings_t req_settings = {
 static gh_config_t *conn_cfg(gh_conn_t *c)
 {
     return c->req ? c->req->snap->cfg : c->server->snap->cfg;
+}
+
+/* Requests are allocated often; the header slice table at the end of the
+ * struct is large and the scanner initialises what it uses, so only the
+ * part before it is cleared. */
+static gh_req_t *req_alloc(void)
+{
+    gh_req_t *r = malloc(sizeof *r);
+    if (r) {
+        memset(r, 0, offsetof(gh_req_t, head));
+        r->head.nheaders = 0;
+        r->head.host_index = -1;
+    }
+    return r;
 }
 
 static uint64_t now_ns(void)
@@ -148,7 +163,7 @@ static void conn_timeout(uv_timer_t *t)
     case GH_T_HEADER:
         if (c->req == NULL && c->len > c->off) {
             /* a head was started but not finished in time */
-            gh_req_t *r = calloc(1, sizeof *r);
+            gh_req_t *r = req_alloc();
             if (!r) {
                 gh__conn_abort(c);
                 return;
@@ -451,20 +466,20 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
     if (!have_id)
         gh__request_id(r->request_id);
 
-    /* llhttp takes over framing from here: give it the head now, the body as
-     * it arrives. The scanner has already refused everything ambiguous. */
-    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
-    c->parser.data = r;
-    llhttp_errno_t e = llhttp_execute(&c->parser, c->buf + c->off, head_len);
-    if (e == HPE_PAUSED)
-        llhttp_resume(&c->parser);
-    else if (e == HPE_PAUSED_UPGRADE)
-        llhttp_resume_after_upgrade(&c->parser);
-    else if (e != HPE_OK) {
-        c->off += head_len;
-        r->resp_close = true;
-        gh__respond_error(r, 400);
-        return;
+    /* Content-Length bodies are counted; only chunked ones need a parser.
+     * llhttp is started on a minimal head of our own, so the client's head
+     * (already checked by the scanner) is not parsed twice. */
+    r->body_remaining = h->has_content_length ? h->content_length : 0;
+    if (r->body_chunked) {
+        static const char chunked_head[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+        c->parser.data = r;
+        if (llhttp_execute(&c->parser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
+            c->off += head_len;
+            r->resp_close = true;
+            gh__respond_error(r, 500);
+            return;
+        }
     }
 
     gh__real_client(r);
@@ -548,7 +563,7 @@ static void process_head(gh_conn_t *c)
     if (c->deadline != GH_T_HEADER)
         gh__conn_set_deadline(c, GH_T_HEADER);
 
-    gh_req_t *r = calloc(1, sizeof *r);
+    gh_req_t *r = req_alloc();
     if (!r) {
         gh__conn_abort(c);
         return;

@@ -365,7 +365,10 @@ static size_t fam_of_sample(pset_t *ps, size_t off, size_t n)
         if (n <= sl || memcmp(s + n - sl, suffix[i], sl) != 0)
             continue;
         f = fam_find(ps, s, n - sl);
-        if (f != SIZE_MAX && ps->fams[f].tlen >= 7)    /* histogram or summary */
+        const pfam_t *pf = f != SIZE_MAX ? &ps->fams[f] : NULL;
+        const char *t = pf ? ps->text.p + pf->type : NULL;
+        if (pf && ((pf->tlen == 9 && memcmp(t, "histogram", 9) == 0) ||
+                   (pf->tlen == 7 && memcmp(t, "summary", 7) == 0)))
             return f;
     }
     return fam_add(ps, off, n);
@@ -396,10 +399,12 @@ static void parse_comment(pset_t *ps, size_t off, size_t len)
         return;
     pfam_t *pf = &ps->fams[f];
     size_t rest = off + 7 + n + 1, rlen = len - 7 - n - 1;
+    if (pf->fixed_help)
+        return;     /* a SPEC family: our HELP and TYPE */
     if (is_type && !pf->tlen && valid_type(ps->text.p + rest, rlen)) {
         pf->type = rest;
         pf->tlen = rlen;
-    } else if (is_help && !pf->hlen && !pf->fixed_help && rlen) {
+    } else if (is_help && !pf->hlen && rlen) {
         pf->help = rest;
         pf->hlen = rlen;
     }
@@ -476,9 +481,13 @@ static void render_plugins(gh_obuf_t *b, const gh_config_t *cfg)
         else if (pf->hlen)
             gh_obuf_printf(b, "# HELP %.*s %.*s\n", (int)pf->nlen, name, (int)pf->hlen,
                            ps.text.p + pf->help);
-        gh_obuf_printf(b, "# TYPE %.*s %.*s\n", (int)pf->nlen, name,
-                       pf->tlen ? (int)pf->tlen : (f < NSPEC ? 7 : 7),
-                       pf->tlen ? ps.text.p + pf->type : (f < NSPEC ? "counter" : "untyped"));
+        const char *type = f < NSPEC ? "counter" : "untyped";
+        int tlen = (int)strlen(type);
+        if (pf->tlen) {
+            type = ps.text.p + pf->type;
+            tlen = (int)pf->tlen;
+        }
+        gh_obuf_printf(b, "# TYPE %.*s %.*s\n", (int)pf->nlen, name, tlen, type);
         for (size_t s = 0; s < ps.nsamples; s++) {
             if (ps.samples[s].fam != f)
                 continue;
@@ -502,4 +511,306 @@ out:
     free(ps.fams);
     free(ps.samples);
     gh_obuf_free(&ps.text);
+}
+
+/* ---- the exposition ---- */
+
+static void family(gh_obuf_t *b, const char *name, const char *type, const char *help)
+{
+    gh_obuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void render_requests(gh_obuf_t *b)
+{
+    family(b, "gatehouse_requests_total", "counter",
+           "Finished requests by route (host/path; empty: no route matched) and status code.");
+    for (size_t i = 0; i < m.nslots; i++) {
+        const route_entry_t *e = m.slots[i];
+        for (size_t j = 0; e && j < e->ncodes; j++) {
+            gh_obuf_puts(b, "gatehouse_requests_total{route=\"");
+            gh_obuf_esc(b, e->name, GH_ESC_PROM_LABEL);
+            gh_obuf_printf(b, "\",code=\"%d\"} %llu\n", e->codes[j].code,
+                           (unsigned long long)e->codes[j].n);
+        }
+    }
+    family(b, "gatehouse_request_duration_seconds", "histogram",
+           "Time from the first byte of a request head to the end of its response.");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        cum += m.bucket[i];
+        gh_obuf_printf(b, "gatehouse_request_duration_seconds_bucket{le=\"%s\"} %llu\n",
+                       bucket_text[i], (unsigned long long)cum);
+    }
+    gh_obuf_printf(b, "gatehouse_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                      "gatehouse_request_duration_seconds_sum %.9g\n"
+                      "gatehouse_request_duration_seconds_count %llu\n",
+                   (unsigned long long)m.duration_count, m.duration_sum,
+                   (unsigned long long)m.duration_count);
+    family(b, "gatehouse_bytes_total", "counter",
+           "Bytes received from clients (in) and sent to them (out), heads included.");
+    gh_obuf_printf(b, "gatehouse_bytes_total{direction=\"in\"} %llu\n"
+                      "gatehouse_bytes_total{direction=\"out\"} %llu\n",
+                   (unsigned long long)m.bytes_in, (unsigned long long)m.bytes_out);
+}
+
+/* Two servers of one upstream may share host:port (http and https); one
+ * series each is all the format allows. */
+static bool seen_before(const gh_upstream_t *up, size_t j)
+{
+    for (size_t k = 0; k < j; k++)
+        if (strcmp(up->servers[k].conf->authority, up->servers[j].conf->authority) == 0)
+            return true;
+    return false;
+}
+
+static void upstream_series(gh_obuf_t *b, const char *metric, const gh_upstream_t *up,
+                            const gh_upserver_t *sv)
+{
+    gh_obuf_printf(b, "%s{upstream=\"", metric);
+    gh_obuf_esc(b, up->conf->name, GH_ESC_PROM_LABEL);
+    gh_obuf_puts(b, "\",server=\"");
+    gh_obuf_esc(b, sv->conf->authority, GH_ESC_PROM_LABEL);
+    gh_obuf_puts(b, "\"} ");
+}
+
+static void render_upstreams(gh_obuf_t *b, const gh_server_t *srv)
+{
+    const gh_snapshot_t *snap = srv->snap;
+    uint64_t now = uv_now(srv->loop);
+    static const char *const names[] = { "gatehouse_upstream_up",
+                                         "gatehouse_upstream_active_requests",
+                                         "gatehouse_upstream_idle_connections" };
+    static const char *const helps[] = {
+        "1 when the server takes requests, 0 while marked down (health check or failed connects).",
+        "Requests using the server now.",
+        "Pooled keep-alive connections to the server.",
+    };
+    for (size_t k = 0; k < 3; k++) {
+        family(b, names[k], "gauge", helps[k]);
+        for (size_t i = 0; i < snap->cfg->nupstreams; i++) {
+            const gh_upstream_t *up = &snap->ups[i];
+            for (size_t j = 0; j < up->n; j++) {
+                const gh_upserver_t *sv = &up->servers[j];
+                if (seen_before(up, j))
+                    continue;
+                upstream_series(b, names[k], up, sv);
+                unsigned v = k == 0 ? gh_metrics_server_up(sv, now, NULL, 0)
+                           : k == 1 ? sv->active : sv->nidle;
+                gh_obuf_printf(b, "%u\n", v);
+            }
+        }
+    }
+}
+
+static void render_server(gh_obuf_t *b, const gh_server_t *srv)
+{
+    const gh_config_t *cfg = srv->snap->cfg;
+    gh_conn_counts_t cc;
+    gh_metrics_conn_counts(srv, &cc);
+    family(b, "gatehouse_connections", "gauge",
+           "Open client connections: active (a request in progress), idle (keep-alive), closing.");
+    gh_obuf_printf(b, "gatehouse_connections{state=\"active\"} %u\n"
+                      "gatehouse_connections{state=\"idle\"} %u\n"
+                      "gatehouse_connections{state=\"closing\"} %u\n",
+                   cc.active, cc.idle, cc.closing);
+    family(b, "gatehouse_connections_limit", "gauge", "limits.max_connections.");
+    gh_obuf_printf(b, "gatehouse_connections_limit %llu\n",
+                   (unsigned long long)cfg->limits.max_connections);
+    family(b, "gatehouse_config_reloads_total", "counter", "Configuration reloads by result.");
+    gh_obuf_printf(b, "gatehouse_config_reloads_total{result=\"ok\"} %llu\n"
+                      "gatehouse_config_reloads_total{result=\"error\"} %llu\n",
+                   (unsigned long long)srv->reloads_ok, (unsigned long long)srv->reloads_failed);
+    family(b, "gatehouse_config_last_reload_successful", "gauge",
+           "0 when the last reload failed (the previous configuration is serving), else 1.");
+    gh_obuf_printf(b, "gatehouse_config_last_reload_successful %d\n",
+                   srv->last_reload_ms && !srv->last_reload_ok ? 0 : 1);
+
+    /* No tunnel runtime yet (proxy/ has no edge side): every configured
+     * tunnel is exported with 0 so dashboards and alerts can be written
+     * against the final series now. */
+    family(b, "gatehouse_tunnel_connections", "gauge", "Connector connections open per tunnel.");
+    for (size_t i = 0; i < cfg->ntunnels; i++) {
+        gh_obuf_puts(b, "gatehouse_tunnel_connections{tunnel=\"");
+        gh_obuf_esc(b, cfg->tunnels[i].name, GH_ESC_PROM_LABEL);
+        gh_obuf_puts(b, "\"} 0\n");
+    }
+    family(b, "gatehouse_tunnel_streams", "gauge", "Streams open per tunnel.");
+    for (size_t i = 0; i < cfg->ntunnels; i++) {
+        gh_obuf_puts(b, "gatehouse_tunnel_streams{tunnel=\"");
+        gh_obuf_esc(b, cfg->tunnels[i].name, GH_ESC_PROM_LABEL);
+        gh_obuf_puts(b, "\"} 0\n");
+    }
+}
+
+char *gh_metrics_render(gh_server_t *srv, size_t *len)
+{
+    gh_obuf_t b = { 0 };
+    family(&b, "gatehouse_build_info", "gauge", "Always 1; the version is in the label.");
+    gh_obuf_puts(&b, "gatehouse_build_info{version=\"");
+    gh_obuf_esc(&b, GH_VERSION, GH_ESC_PROM_LABEL);
+    gh_obuf_puts(&b, "\"} 1\n");
+    family(&b, "process_start_time_seconds", "gauge", "Start time of the process, Unix seconds.");
+    gh_obuf_printf(&b, "process_start_time_seconds %llu\n",
+                   (unsigned long long)(srv->started_ms / 1000));
+    render_requests(&b);
+    if (srv->snap) {
+        render_server(&b, srv);
+        render_upstreams(&b, srv);
+        render_plugins(&b, srv->snap->cfg);
+    }
+    if (b.oom || !b.p) {
+        gh_obuf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+/* ---- output buffer ---- */
+
+static bool obuf_reserve(gh_obuf_t *b, size_t n)
+{
+    if (b->oom)
+        return false;
+    if (b->cap - b->len > n)
+        return true;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len <= n) {
+        if (cap > SIZE_MAX / 2) {
+            b->oom = true;
+            return false;
+        }
+        cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void gh_obuf_put(gh_obuf_t *b, const char *s, size_t n)
+{
+    if (!obuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void gh_obuf_puts(gh_obuf_t *b, const char *s)
+{
+    gh_obuf_put(b, s, strlen(s));
+}
+
+void gh_obuf_printf(gh_obuf_t *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof tmp) {
+        gh_obuf_put(b, tmp, (size_t)n);
+        return;
+    }
+    if (!obuf_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* Length of the valid UTF-8 sequence at s (NUL-terminated), 0 if invalid:
+ * overlong forms, surrogates and code points past U+10FFFF included. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0];
+    size_t n;
+    uint32_t cp, min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2, cp = c & 0x1F, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+        n = 3, cp = c & 0x0F, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+static const char *esc_char(unsigned char c, gh_esc_t ctx, char tmp[8])
+{
+    switch (ctx) {
+    case GH_ESC_PROM_LABEL:
+        return c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : NULL;
+    case GH_ESC_PROM_HELP:
+        return c == '\\' ? "\\\\" : c == '\n' ? "\\n" : NULL;
+    case GH_ESC_JSON:
+        if (c == '"' || c == '\\') {
+            tmp[0] = '\\', tmp[1] = (char)c, tmp[2] = '\0';
+            return tmp;
+        }
+        if (c == '\n')
+            return "\\n";
+        if (c < 0x20 || c == 0x7f) {
+            snprintf(tmp, 8, "\\u%04x", c);
+            return tmp;
+        }
+        return NULL;
+    case GH_ESC_HTML:
+        switch (c) {
+        case '&': return "&amp;";
+        case '<': return "&lt;";
+        case '>': return "&gt;";
+        case '"': return "&quot;";
+        case '\'': return "&#39;";
+        case '\t': case '\n': case '\r': return NULL;
+        default: return c < 0x20 || c == 0x7f ? "\xEF\xBF\xBD" : NULL;
+        }
+    }
+    return NULL;
+}
+
+void gh_obuf_esc(gh_obuf_t *b, const char *s, gh_esc_t ctx)
+{
+    if (!s)
+        return;
+    const unsigned char *p = (const unsigned char *)s, *run = p;
+    while (*p) {
+        size_t n = utf8_seq(p);
+        char tmp[8];
+        const char *rep = n == 0 ? "\xEF\xBF\xBD" : n == 1 ? esc_char(*p, ctx, tmp) : NULL;
+        if (!rep) {
+            p += n;
+            continue;
+        }
+        gh_obuf_put(b, (const char *)run, (size_t)(p - run));
+        gh_obuf_puts(b, rep);
+        p += n ? n : 1;
+        run = p;
+    }
+    gh_obuf_put(b, (const char *)run, (size_t)(p - run));
+}
+
+void gh_obuf_free(gh_obuf_t *b)
+{
+    free(b->p);
+    *b = (gh_obuf_t){ 0 };
 }

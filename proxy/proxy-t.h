@@ -144,7 +144,6 @@ struct gh_req {
     gh_snapshot_t *snap;
     const gh_route_conf_t *route;
     enum gh_req_phase phase;
-    gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */
     uint64_t start_ns;
     char request_id[48];
     char client_ip[48];     /* real client: trusted proxies applied */
@@ -178,6 +177,10 @@ struct gh_req {
     bool connect_timed_out;
     int status;
     uint64_t body_bytes;    /* request body bytes so far */
+    uint64_t body_remaining;/* Content-Length request body still to come */
+    enum { GH_BODY_NONE, GH_BODY_LENGTH, GH_BODY_CHUNKED, GH_BODY_CLOSE } resp_body;
+    uint64_t resp_remaining;/* GH_BODY_LENGTH: response bytes still to come */
+    bool uc_keep_alive;     /* the upstream allows reuse after this response */
     uint64_t bytes_in, bytes_out;
 
     gh_upstream_t *up;
@@ -209,6 +212,9 @@ struct gh_req {
     unsigned npiov;
     char *rhead;            /* response head as sent to the client */
     size_t rhead_len;
+
+    /* Last, and not zeroed on allocation: the scanner fills what it uses. */
+    gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */
 };
 
 struct gh_server {

@@ -12,12 +12,11 @@
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 
-static int resp_on_headers_complete(llhttp_t *p);
 static int resp_on_body(llhttp_t *p, const char *at, size_t len);
 static int resp_on_message_complete(llhttp_t *p);
+static void emit_body(gh_req_t *r, const char *at, size_t len);
 
 static const llhttp_settings_t resp_settings = {
-    .on_headers_complete = resp_on_headers_complete,
     .on_body = resp_on_body,
     .on_message_complete = resp_on_message_complete,
 };
@@ -119,8 +118,6 @@ static void uc_ready(gh_req_t *r, gh_uconn_t *uc, int status)
     uc->stream->on_read = uc_read;
     r->uc_consumed = 0;
     r->uhead_sent = false;
-    llhttp_init(&uc->parser, HTTP_RESPONSE, &resp_settings);
-    uc->parser.data = r;
     r->phase = GH_R_SENDING;
     gh__conn_set_deadline(c, GH_T_STREAM);
     if (gh_stream_read_start(uc->stream) != 0) {
@@ -201,26 +198,34 @@ static void pump_request(gh_req_t *r)
     if (r->has_body && !r->req_body_done && c->len > c->off && !r->resp_done) {
         size_t avail = c->len - c->off;
         const char *start = c->buf + c->off;
-        llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
         size_t used = avail;
-        if (e == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
-            llhttp_resume(&c->parser);
-        } else if (e != HPE_OK) {
-            c->off = c->len;
-            r->resp_close = true;
-            if (r->too_large)
-                gh_log_info("request %s: body over %llu bytes", r->request_id,
-                            (unsigned long long)r->route->max_body_bytes);
-            fail(r, r->too_large ? 413 : 400);
-            return;
+        if (!r->body_chunked) {
+            if (used > r->body_remaining)
+                used = (size_t)r->body_remaining;
+            r->body_remaining -= used;
+            r->body_bytes += used;
+            bufs[n++] = uv_buf_init((char *)start, (unsigned)used);
+            if (r->body_remaining == 0)
+                r->req_body_done = true;
+        } else {
+            llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+            if (e == HPE_PAUSED) {
+                used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
+                llhttp_resume(&c->parser);
+            } else if (e != HPE_OK) {
+                c->off = c->len;
+                r->resp_close = true;
+                if (r->too_large)
+                    gh_log_info("request %s: body over %llu bytes", r->request_id,
+                                (unsigned long long)r->route->max_body_bytes);
+                fail(r, r->too_large ? 413 : 400);
+                return;
+            }
+            if (r->qout_len)
+                bufs[n++] = uv_buf_init(r->qout, (unsigned)r->qout_len);
         }
         c->off += used;
         r->bytes_in += used;
-        for (unsigned i = 0; i < r->nqiov; i++)
-            bufs[n++] = r->qiov[i];
-        if (r->qout_len)
-            bufs[n++] = uv_buf_init(r->qout, (unsigned)r->qout_len);
     }
     if (n == 0) {
         if (r->req_body_done && r->uhead_sent && !r->req_sent) {
@@ -288,7 +293,7 @@ static void finish_response(gh_req_t *r)
 {
     gh_uconn_t *uc = r->uc;
     bool reusable = uc && r->req_sent && !r->upgrade && uc->len == r->uc_consumed &&
-                    llhttp_should_keep_alive(&uc->parser);
+                    r->uc_keep_alive;
     if (!r->req_sent)
         r->resp_close = true; /* the rest of the request body was never read */
     drop_upstream(r, reusable);
@@ -442,35 +447,62 @@ static void process_response(gh_req_t *r)
                 tunnel_up(r);
             return;
         }
-        if (r->resp_chunked && !r->pout) {
+        r->uc_consumed += (size_t)rc;
+        /* Framing of the upstream body (RFC 9112 section 6.3). */
+        bool no_body = r->head_method || rh->status == 204 || rh->status == 304;
+        r->uc_keep_alive = rh->minor_version == 1 ? !rh->conn_close : rh->conn_keep_alive;
+        if (no_body) {
+            r->resp_body = GH_BODY_NONE;
+        } else if (rh->chunked) {
+            static const char chunked_head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            r->resp_body = GH_BODY_CHUNKED;
+            llhttp_init(&uc->parser, HTTP_RESPONSE, &resp_settings);
+            uc->parser.data = r;
+            if (llhttp_execute(&uc->parser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
+                fail(r, 500);
+                return;
+            }
+        } else if (rh->has_content_length) {
+            r->resp_body = GH_BODY_LENGTH;
+            r->resp_remaining = rh->content_length;
+        } else {
+            r->resp_body = GH_BODY_CLOSE;
+            r->uc_keep_alive = false;
+        }
+        if ((r->resp_chunked || r->resp_body == GH_BODY_CHUNKED) && !r->pout) {
             r->pout = malloc(GH_BUF_SIZE + 64);
             if (!r->pout) {
                 gh__conn_abort(c);
                 return;
             }
         }
-        llhttp_errno_t e = llhttp_execute(&uc->parser, uc->buf + r->uc_consumed, (size_t)rc);
-        if (e == HPE_PAUSED)
-            llhttp_resume(&uc->parser);
-        else if (e != HPE_OK) {
-            fail(r, 502);
-            return;
-        }
-        r->uc_consumed += (size_t)rc;
+        if (r->resp_body == GH_BODY_NONE || (r->resp_body == GH_BODY_LENGTH && r->resp_remaining == 0))
+            r->resp_done = true;
     }
     if (uc->len > r->uc_consumed && !r->resp_done) {
         const char *start = uc->buf + r->uc_consumed;
         size_t avail = uc->len - r->uc_consumed;
-        llhttp_errno_t e = llhttp_execute(&uc->parser, start, avail);
         size_t used = avail;
-        if (e == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&uc->parser) - start);
-            llhttp_resume(&uc->parser);
-        } else if (e != HPE_OK) {
-            gh_log_warn("request %s: malformed response body from upstream: %s", r->request_id,
-                        llhttp_errno_name(e));
-            fail(r, 502);
-            return;
+        if (r->resp_body == GH_BODY_CHUNKED) {
+            llhttp_errno_t e = llhttp_execute(&uc->parser, start, avail);
+            if (e == HPE_PAUSED) {
+                used = (size_t)(llhttp_get_error_pos(&uc->parser) - start);
+                llhttp_resume(&uc->parser);
+            } else if (e != HPE_OK) {
+                gh_log_warn("request %s: malformed chunked body from upstream: %s", r->request_id,
+                            llhttp_errno_name(e));
+                fail(r, 502);
+                return;
+            }
+        } else {
+            if (r->resp_body == GH_BODY_LENGTH && used > r->resp_remaining)
+                used = (size_t)r->resp_remaining;
+            emit_body(r, start, used);
+            if (r->resp_body == GH_BODY_LENGTH) {
+                r->resp_remaining -= used;
+                if (r->resp_remaining == 0)
+                    r->resp_done = true;
+            }
         }
         r->uc_consumed += used;
     }
@@ -513,10 +545,15 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
         fail(r, 502);
         return;
     }
-    if (err == UV_EOF && llhttp_finish(&uc->parser) == HPE_OK && r->resp_done) {
+    if (err == UV_EOF && r->resp_body == GH_BODY_CLOSE) {
         /* a body delimited by the end of the connection is complete */
         gh_stream_read_stop(uc->stream);
-        uc->parser.flags |= F_CONNECTION_CLOSE;
+        r->uc_keep_alive = false;
+        r->resp_done = true;
+        if (r->resp_chunked) {
+            memcpy(r->pout + r->pout_len, "0\r\n\r\n", 5);
+            r->pout_len += 5;
+        }
         if (!flush_response(r))
             finish_response(r);
         return;
@@ -550,17 +587,16 @@ static void uc_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         process_response(r);
 }
 
-/* ---- llhttp callbacks for responses ---- */
+/* ---- response bodies ---- */
 
-static int resp_on_headers_complete(llhttp_t *p)
+/* Hands a piece of decoded response body to the next write: framed as a
+ * chunk when we send chunked, else as a zero-copy span of uc->buf (copied
+ * only when a chunked upstream body goes to an HTTP/1.0 client in more
+ * pieces than there are spans). */
+static void emit_body(gh_req_t *r, const char *at, size_t len)
 {
-    gh_req_t *r = p->data;
-    return r->head_method ? 1 : 0;
-}
-
-static int resp_on_body(llhttp_t *p, const char *at, size_t len)
-{
-    gh_req_t *r = p->data;
+    if (len == 0)
+        return;
     if (r->resp_chunked) {
         int n = snprintf(r->pout + r->pout_len, 20, "%zx\r\n", len);
         r->pout_len += (size_t)n;
@@ -568,11 +604,19 @@ static int resp_on_body(llhttp_t *p, const char *at, size_t len)
         r->pout_len += len;
         memcpy(r->pout + r->pout_len, "\r\n", 2);
         r->pout_len += 2;
-        return 0;
+        return;
     }
-    if (r->npiov >= sizeof r->piov / sizeof r->piov[0])
-        return HPE_USER;
-    r->piov[r->npiov++] = uv_buf_init((char *)at, (unsigned)len);
+    if (r->pout_len == 0 && r->npiov < sizeof r->piov / sizeof r->piov[0]) {
+        r->piov[r->npiov++] = uv_buf_init((char *)at, (unsigned)len);
+        return;
+    }
+    memcpy(r->pout + r->pout_len, at, len);
+    r->pout_len += len;
+}
+
+static int resp_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    emit_body(p->data, at, len);
     return 0;
 }
 

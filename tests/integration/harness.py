@@ -18,6 +18,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BACKENDS = HERE / "backends"
+# The backends need Debian's aiohttp, FastAPI and uvicorn.
+BACKEND_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 BIN = os.path.abspath(os.environ.get("GATEHOUSE_BIN", str(REPO / "build" / "gatehouse")))
 
 SANITIZER_MARKERS = (
@@ -710,14 +712,14 @@ class Backend:
 
 
 def aio_backend(name, workdir, port=None):
-    argv = [sys.executable, str(BACKENDS / "aio_app.py"), "--name", name]
+    argv = [BACKEND_PYTHON, str(BACKENDS / "aio_app.py"), "--name", name]
     if port:
         argv += ["--port", str(port)]
     return Backend(name, argv, workdir)
 
 
 def llm_backend(workdir):
-    return Backend("llm", [sys.executable, str(BACKENDS / "llm_app.py")], workdir)
+    return Backend("llm", [BACKEND_PYTHON, str(BACKENDS / "llm_app.py")], workdir)
 
 
 class Nginx:

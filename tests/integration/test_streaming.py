@@ -228,6 +228,7 @@ def check_growth(gh, base_rss, base_hwm, samples):
     hwm = gh.hwm_kb()
     peak = hwm if hwm and base_hwm and hwm > base_hwm else max(samples + [base_rss])
     growth = peak - base_rss
+    print(f"RSS base {base_rss} kB, peak {peak} kB, growth {growth} kB over {len(samples)} samples")
     if binary_has_asan():
         pytest.skip(f"data verified; RSS bound not judged under ASan (grew {growth} kB)")
     assert growth < RSS_GROWTH_LIMIT_KB, \

@@ -144,7 +144,14 @@ static void test_full(void)
     CHECK_INT(u->nservers, 2);
     CHECK_INT(u->balance, GH_BALANCE_LEAST_CONN);
     CHECK_INT(u->keepalive, 8);
-    CHECK(!u->health.enabled && !u->tls.set);
+    CHECK(u->health.enabled);
+    CHECK_STR(u->health.path, "/health");
+    CHECK_INT(u->health.interval_ms, 10000);
+    CHECK_INT(u->health.timeout_ms, 3000);
+    CHECK_INT(u->health.rise, 4);
+    CHECK_INT(u->health.fall, 5);
+    CHECK(!u->tls.set);
+    CHECK(u->tls.verify);
     CHECK_INT(u->loc.line, 30);
     CHECK_INT(u->loc.col, 3);
     CHECK_STR(u->servers[0].url, "http://10.0.0.5:8080");
@@ -158,6 +165,12 @@ static void test_full(void)
     u = c->upstreams[1];
     CHECK_INT(u->balance, GH_BALANCE_HASH_CLIENT_IP);
     CHECK_INT(u->keepalive, 32);
+    CHECK(u->health.enabled);               /* defaults, timeout cut to the interval */
+    CHECK_STR(u->health.path, "/");
+    CHECK_INT(u->health.interval_ms, 1000);
+    CHECK_INT(u->health.timeout_ms, 1000);
+    CHECK_INT(u->health.rise, 2);
+    CHECK_INT(u->health.fall, 3);
     CHECK_STR(u->servers[0].host, "fd00::3");
     CHECK_STR(u->servers[0].authority, "[fd00::3]:3000");
     CHECK_STR(u->servers[1].host, "grafana.internal");
@@ -167,8 +180,9 @@ static void test_full(void)
     CHECK_INT(u->nservers, 1);
     CHECK_INT(u->balance, GH_BALANCE_ROUND_ROBIN);
     CHECK_INT(u->keepalive, 32);
+    CHECK(!u->health.enabled);
     CHECK_STR(u->servers[0].authority, "paperless:8000");
-    CHECK_INT(u->loc.line, 42);
+    CHECK_INT(u->loc.line, 44);
     CHECK_INT(u->loc.col, 15);
 
     CHECK_INT(c->nroutes, 11);
@@ -182,7 +196,7 @@ static void test_full(void)
     CHECK(r[0].upstream == c->upstreams[0]);
     CHECK_INT(r[0].max_body_bytes, 20 * 1024 * 1024);     /* limits.max_body_bytes */
     CHECK_INT(r[0].nplugins, 0);
-    CHECK_INT(r[0].loc.line, 39);
+    CHECK_INT(r[0].loc.line, 41);
     CHECK_INT(r[0].loc.col, 5);
     CHECK_STR(r[1].host, "docs.example.com");       /* lower case, no trailing dot */
     CHECK_STR(r[1].path, "/");

@@ -295,6 +295,19 @@ static void test_byte_classes(void)
             bad++;
         }
 
+        /* in a long value, at every offset of the 8-byte steps the scanner
+         * checks values in, and in the tail after them */
+        for (int at = 0; at < 20; at++) {
+            n = snprintf(buf, sizeof buf,
+                         "GET / HTTP/1.1\r\nHost: a\r\nX: 0123456789abcdefghij\r\n\r\n");
+            buf[28 + at] = (char)c;
+            r = gh_h1_scan_request(buf, (size_t)n, BIG, &H);
+            if ((r > 0) != ref_field_vchar(c) || (r <= 0 && r != -400)) {
+                fprintf(stderr, "value byte 0x%02x at %d: %d\n", c, at, r);
+                bad++;
+            }
+        }
+
         /* in a reason phrase */
         n = snprintf(buf, sizeof buf, "HTTP/1.1 200 O%cK\r\n\r\n", 1);
         buf[14] = (char)c;

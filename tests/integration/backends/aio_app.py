@@ -176,12 +176,12 @@ async def chunked_truncate(request):
 async def big(request):
     size = int(request.query.get("size", "1048576"))
     resp = web.StreamResponse(headers={**_hdr(), "Content-Type": "application/octet-stream"})
-    if request.query.get("cl") == "1":
+    if request.query.get("cl") == "1" or request.method == "HEAD":
         resp.content_length = size
     else:
         resp.enable_chunked_encoding()
     await resp.prepare(request)
-    off = 0
+    off = 0 if request.method != "HEAD" else size    # a HEAD response has no body
     while off < size:
         n = min(PIECE, size - off)
         await resp.write(pattern(off, n))
