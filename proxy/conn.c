@@ -14,6 +14,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "proxy/proxyproto.h"
 #include "routes/router.h"
 
 #define LINGER_MS 2000
@@ -161,7 +162,7 @@ static void conn_timeout(uv_timer_t *t)
     gh_config_t *cfg = conn_cfg(c);
     switch (c->deadline) {
     case GH_T_HEADER:
-        if (c->req == NULL && c->len > c->off) {
+        if (c->req == NULL && c->len > c->off && c->state == GH_C_HEAD) {
             /* a head was started but not finished in time */
             gh_req_t *r = req_alloc();
             if (!r) {
@@ -281,6 +282,37 @@ void gh__conn_update_read(gh_conn_t *c)
 
 static void process_head(gh_conn_t *c);
 
+static void set_peer_ip(gh_conn_t *c)
+{
+    c->peer_ip[0] = '\0';
+    if (c->peer.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+    else if (c->peer.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+}
+
+/* A listener behind a TCP load balancer: the connection must start with a
+ * PROXY header (v1 or v2) naming the real client, or it is closed. */
+static void process_proxy_header(gh_conn_t *c)
+{
+    gh_proxyproto_t pp;
+    int rc = gh_proxyproto_parse((const uint8_t *)c->buf + c->off, c->len - c->off, &pp);
+    if (rc == 0 && c->len - c->off < GH_PROXYPROTO_V2_MAX)
+        return;
+    if (rc <= 0) {
+        gh_log_info("connection from %s did not start with a PROXY protocol header", c->peer_ip);
+        gh__conn_abort(c);
+        return;
+    }
+    c->off += (size_t)rc;
+    if (pp.kind == GH_PROXYPROTO_PROXY) {
+        memcpy(&c->peer, &pp.src, sizeof pp.src);
+        set_peer_ip(c);
+    }
+    c->state = GH_C_HEAD;
+    process_head(c);
+}
+
 static void conn_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     gh_conn_t *c = s->data;
@@ -288,7 +320,7 @@ static void conn_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     if (nread < 0) {
-        if (nread != UV_EOF || c->state == GH_C_HEAD) {
+        if (nread != UV_EOF || c->state == GH_C_HEAD || c->state == GH_C_PROXY) {
             if (c->req)
                 c->req->status = c->req->status ? c->req->status : 499;
             gh__conn_abort(c);
@@ -304,6 +336,8 @@ static void conn_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->last_io = uv_now(c->server->loop);
     if (c->state == GH_C_HEAD) {
         process_head(c);
+    } else if (c->state == GH_C_PROXY) {
+        process_proxy_header(c);
     } else if (c->req) {
         gh__proxy_client_data(c->req);
     }
@@ -696,11 +730,10 @@ void gh__conn_accept(gh_listener_t *l)
     }
     int plen = sizeof c->peer;
     uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&c->peer, &plen);
-    if (c->peer.ss_family == AF_INET)
-        uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
-    else if (c->peer.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+    set_peer_ip(c);
     uv_tcp_nodelay(&c->s.tcp, 1);
+    if (l->conf && l->conf->proxy_protocol)
+        c->state = GH_C_PROXY;
 
     if (srv->stopping || srv->nconns > srv->snap->cfg->limits.max_connections) {
         gh__conn_abort(c);

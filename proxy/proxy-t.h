@@ -78,6 +78,7 @@ struct gh_uconn {
 };
 
 enum gh_conn_state {
+    GH_C_PROXY,             /* waiting for a PROXY protocol header */
     GH_C_HEAD,              /* waiting for (more of) a request head */
     GH_C_REQUEST,           /* a request is being handled */
     GH_C_CLOSING,

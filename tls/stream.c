@@ -526,7 +526,9 @@ static void inner_read(gh_stream_t *in, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || t->base.closing)
         return;
     if (nread < 0) {
-        t->inner_reading = false;   /* libuv stops reading at end of stream */
+        /* Nothing more can come; libuv stops on EOF but not on every error. */
+        gh_stream_read_stop(in);
+        t->inner_reading = false;
         tcp_ended(t, (int)nread);
         after_input(t);
         return;
