@@ -285,6 +285,11 @@ static void decode_root(gh__decoder_t *d, const gh_node_t *root)
         gh_loc_t loc = { c->file, 0, 0 };
         gh_errors_add(d->errs, &loc, "nothing to do: no listen or connect entries");
     }
+    for (size_t i = 0; c->admin.set && i < c->nlistens; i++)
+        if (gh__same_sockaddr(&c->admin.addr, &c->listens[i].addr))
+            gh_errors_add(d->errs, &c->admin.loc,
+                          "admin address '%s' is also a listen address (line %u)",
+                          c->admin.address, (unsigned)c->listens[i].loc.line);
     for (size_t i = 0; i < c->nlistens; i++)
         if (c->listens[i].tls && d->certs_written == 0)
             gh_errors_add(d->errs, &c->listens[i].loc,

@@ -24,8 +24,8 @@ void gh_config_release(gh_config_t *c);
 
 void gh_errors_init(gh_errors_t *e);
 void gh_errors_free(gh_errors_t *e);
-/* Adds "FILE:LINE:COL: message". loc may be NULL for file-level errors
- * ("FILE: message"). */
+/* Adds "FILE:LINE:COL: message"; a loc whose line is 0 gives "FILE: message",
+ * and a NULL loc adds the message as it is. */
 void gh_errors_add(gh_errors_t *e, const gh_loc_t *loc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void gh_errors_vadd(gh_errors_t *e, const gh_loc_t *loc, const char *fmt, va_list ap);

@@ -4,17 +4,16 @@
 #include "conf/config.h"
 #include "conf/decode.h"
 
-/* Same family, address and port: two listeners cannot bind both. */
-static bool same_sockaddr(const gh_listen_conf_t *a, const gh_listen_conf_t *b)
+bool gh__same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
-    if (a->addr.ss_family != b->addr.ss_family)
+    if (a->ss_family != b->ss_family)
         return false;
-    if (a->addr.ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)&a->addr, *y = (const void *)&b->addr;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
         return x->sin_port == y->sin_port &&
                memcmp(&x->sin_addr, &y->sin_addr, sizeof(x->sin_addr)) == 0;
     }
-    const struct sockaddr_in6 *x = (const void *)&a->addr, *y = (const void *)&b->addr;
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
     return x->sin6_port == y->sin6_port &&
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
@@ -67,7 +66,7 @@ static void decode_one_listen(gh__decoder_t *d, const gh_node_t *m)
     } else {
         l.address = (char *)text;
         for (size_t i = 0; i < c->nlistens; i++) {
-            if (same_sockaddr(&c->listens[i], &l)) {
+            if (gh__same_sockaddr(&c->listens[i].addr, &l.addr)) {
                 gh_node_error(d->errs, n, "duplicate listen address '%s' (already at line %u)",
                               text, (unsigned)c->listens[i].loc.line);
                 ok = false;

@@ -50,6 +50,9 @@ bool gh__feature_on(gh__feature_t f);
  * regular file or, with dir, as a directory: "cannot read PATH: reason". */
 int gh__check_readable(gh__decoder_t *d, const gh_node_t *n, const char *path, bool dir);
 
+/* Same family, address and port: two sockets cannot bind both. */
+bool gh__same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 /* Parses an upstream URL at n: http://host[:port][/], https://..., and with
  * allow_tunnel also tunnel://NAME/SERVICE. Strings go into the arena. */
 int gh__parse_server(gh__decoder_t *d, const gh_node_t *n, bool allow_tunnel,

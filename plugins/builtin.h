@@ -29,6 +29,10 @@ GH_BUILTIN_PLUGINS(GH__DECLARE_PLUGIN)
  * plugin in the file keeps its state across a reload. */
 bool gh__node_equal(const gh_node_t *a, const gh_node_t *b);
 
+/* registry.c: the plugin's own instance behind pc->instance (NULL before
+ * gh_plugins_create), for tests that reach into one. */
+void *gh__plugin_instance(const gh_plugin_conf_t *pc);
+
 /* rate_limit.c: true when pc is a rate_limit keyed `by: api_key`, which
  * needs an api_key plugin before it on every route that lists it. */
 bool gh__rate_limit_wants_key_id(const gh_plugin_conf_t *pc);
@@ -38,6 +42,9 @@ bool gh__rate_limit_wants_key_id(const gh_plugin_conf_t *pc);
  * or NUL). */
 bool gh__header_name_ok(const char *s);
 bool gh__header_value_ok(const char *s);
+
+/* rate_limit.c: replaces the clock of a rate_limit instance (tests). */
+void gh__rate_limit_set_clock(void *inst, uint64_t (*now)(void));
 
 /* Monotonic clock in nanoseconds; rate_limit instances read time through a
  * pointer to this so that tests can drive a fake clock. */

@@ -250,6 +250,11 @@ bool gh__rate_limit_wants_key_id(const gh_plugin_conf_t *pc)
     return by && by->type == GH_NODE_SCALAR && strcmp(by->str, "api_key") == 0;
 }
 
+void gh__rate_limit_set_clock(void *inst, uint64_t (*now)(void))
+{
+    ((rate_limit_t *)inst)->now = now;
+}
+
 static void set_number(gh_preq_t *req, const char *name, uint64_t v)
 {
     char buf[24];

@@ -214,6 +214,12 @@ void gh_plugins_destroy(gh_config_t *cfg)
     }
 }
 
+void *gh__plugin_instance(const gh_plugin_conf_t *pc)
+{
+    const holder_t *h = pc->instance;
+    return h ? h->inst : NULL;
+}
+
 int gh_plugins_request(const gh_route_conf_t *route, gh_preq_t *req, size_t *ran)
 {
     *ran = 0;

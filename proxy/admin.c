@@ -238,7 +238,7 @@ static const char page_head[] =
     ".card b{display:block;font-size:20px}"
     "table{border-collapse:collapse;background:#fff;width:100%;border:1px solid #dde}"
     "th,td{text-align:left;padding:4px 10px;border-bottom:1px solid #eef;vertical-align:top}"
-    "th{background:#eef0f4;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    "th{background:#eef0f4;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}"
     ".st{display:inline-block;padding:0 8px;border-radius:9px;font-weight:600;color:#fff}"
     ".up{background:#1f8a4c}.down{background:#c62828}.off{background:#8a8f98}"
     ".bad{color:#c62828;font-weight:600}code,pre{font:12px ui-monospace,monospace}"
@@ -269,8 +269,8 @@ static void card(gh_obuf_t *b, const char *label, const char *value, const char 
 static void html_routes(gh_obuf_t *b, const gh_config_t *cfg)
 {
     gh_obuf_puts(b, "<h2>Routes</h2><table><tr><th>Route</th><th>Action</th><th>Target</th>"
-                    "<th>Plugins</th><th>Requests</th><th>5xx</th><th>4xx</th>"
-                    "<th>Rate limited</th></tr>\n");
+                    "<th>Plugins</th><th class=\"n\">Requests</th><th class=\"n\">5xx</th>"
+                    "<th class=\"n\">4xx</th><th class=\"n\">Rate limited</th></tr>\n");
     for (size_t i = 0; i <= cfg->nroutes; i++) {
         const gh_route_conf_t *rt = i < cfg->nroutes ? &cfg->routes[i] : NULL;
         gh_route_stats_t st;
@@ -308,7 +308,8 @@ static void html_upstreams(gh_obuf_t *b, const gh_server_t *srv)
     const gh_snapshot_t *snap = srv->snap;
     uint64_t now = uv_now(srv->loop);
     gh_obuf_puts(b, "<h2>Upstream servers</h2><table><tr><th>Upstream</th><th>Server</th>"
-                    "<th>State</th><th>Why</th><th>Active</th><th>Idle</th></tr>\n");
+                    "<th>State</th><th>Why</th><th class=\"n\">Active</th><th class=\"n\">Idle</th>"
+                    "</tr>\n");
     for (size_t i = 0; i < snap->cfg->nupstreams; i++) {
         const gh_upstream_t *up = &snap->ups[i];
         for (size_t j = 0; j < up->n; j++) {
@@ -335,7 +336,7 @@ static void html_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
 {
     if (cfg->ntunnels) {
         gh_obuf_puts(b, "<h2>Tunnels</h2><table><tr><th>Tunnel</th><th>State</th>"
-                        "<th>Connections</th><th>Streams</th></tr>\n");
+                        "<th class=\"n\">Connections</th><th class=\"n\">Streams</th></tr>\n");
         for (size_t i = 0; i < cfg->ntunnels; i++) {
             gh_obuf_puts(b, "<tr><td>");
             h(b, cfg->tunnels[i].name);
@@ -346,7 +347,7 @@ static void html_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
     }
     if (cfg->nconnects) {
         gh_obuf_puts(b, "<h2>Connectors</h2><table><tr><th>Edge</th><th>Tunnel</th>"
-                        "<th>Services</th><th>Connected</th></tr>\n");
+                        "<th>Services</th><th class=\"n\">Connected</th></tr>\n");
         for (size_t i = 0; i < cfg->nconnects; i++) {
             const gh_connect_conf_t *cc = &cfg->connects[i];
             gh_obuf_puts(b, "<tr><td><code>");
@@ -364,7 +365,7 @@ static void html_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
     }
     if (cfg->nplugins) {
         gh_obuf_puts(b, "<h2>Plugins</h2><table><tr><th>Plugin</th><th>Type</th>"
-                        "<th>Rate limited</th><th>Auth failures</th></tr>\n");
+                        "<th class=\"n\">Rate limited</th><th class=\"n\">Auth failures</th></tr>\n");
         for (size_t i = 0; i < cfg->nplugins; i++) {
             const gh_plugin_conf_t *pc = cfg->plugins[i];
             gh_obuf_puts(b, "<tr><td>");

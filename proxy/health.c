@@ -267,8 +267,8 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     memset(&addr, 0, sizeof addr);
     memcpy(&addr, res->ai_addr, res->ai_addrlen < sizeof addr ? res->ai_addrlen : sizeof addr);
     uv_freeaddrinfo(res);
-    /* The port was asked for as a service, but set it anyway: some
-     * resolvers leave it 0 for numeric services with AI_NUMERICSERV off. */
+    /* The configured port is the one that counts (upstream.c does the
+     * same), whatever the resolver put in the address. */
     uint16_t port = htons(p->hc->sv->conf->port);
     if (addr.ss_family == AF_INET)
         ((struct sockaddr_in *)&addr)->sin_port = port;

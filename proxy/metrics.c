@@ -226,12 +226,7 @@ bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, s
 
 static const gh_plugin_ops_t *plugin_ops(const gh_plugin_conf_t *pc)
 {
-#if 0   /* TODO: enable once plugins/registry.c (gh_plugin_find) is in the build */
     return pc->type ? gh_plugin_find(pc->type) : NULL;
-#else
-    (void)pc;
-    return NULL;
-#endif
 }
 
 #define PLUGIN_OUT_CAP (64 * 1024)

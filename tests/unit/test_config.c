@@ -650,6 +650,9 @@ static void test_more_values(void)
         "mem.yaml:2:1: unknown key 'listen2' (did you mean 'listen'?)",
         "mem.yaml:3:10: expected a number from 1 to 256",
         "mem.yaml:4:20: expected a non-empty string");
+    EXPECT_BUFFER(L "admin: {address: 127.0.0.1:1}\n",
+        NOT_YET(GH_FEAT_ADMIN, "mem.yaml:2:1: the admin section is not supported yet"),
+        "mem.yaml:2:18: admin address '127.0.0.1:1' is also a listen address (line 1)");
     EXPECT_BUFFER("listen: [{address: 127.0.0.1:1, tls: true, redirect_https: true}]\n",
         "mem.yaml:1:10: listener 127.0.0.1:1 has tls: true but tls.certificates is empty",
         NOT_YET(GH_FEAT_LISTEN_TLS, "mem.yaml:1:33: tls on a listener is not supported yet"),
