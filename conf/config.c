@@ -26,7 +26,7 @@ static const struct {
     bool supported;
 } features[GH_FEAT_COUNT] = {
     [GH_FEAT_LISTEN_TLS]      = { "tls on a listener", false },
-    [GH_FEAT_PROXY_PROTOCOL]  = { "proxy_protocol", false },
+    [GH_FEAT_PROXY_PROTOCOL]  = { "proxy_protocol", true },
     [GH_FEAT_TLS_SECTION]     = { "the tls section", false },
     [GH_FEAT_ADMIN]           = { "the admin section", true },
     [GH_FEAT_TUNNELS]         = { "the tunnels section", false },

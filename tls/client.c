@@ -9,6 +9,52 @@
 #include "conf/config.h"
 #include "tls/tls-int.h"
 
+/* OpenSSL hands over each new session (for TLS 1.3 each ticket, after the
+ * handshake); returns 1 when the reference was kept. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    gh_tls_client_t *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    const char *key = SSL_get_app_data(ssl);
+    if (!t || !key || !SSL_SESSION_is_resumable(sess))
+        return 0;
+    pthread_mutex_lock(&t->mu);
+    unsigned i;
+    for (i = 0; i < GH_TLS_CLIENT_SESSIONS; i++) {
+        if (t->sessions[i].key && strcmp(t->sessions[i].key, key) == 0)
+            break;
+    }
+    if (i == GH_TLS_CLIENT_SESSIONS) {
+        char *copy = strdup(key);
+        if (!copy) {
+            pthread_mutex_unlock(&t->mu);
+            return 0;
+        }
+        i = t->next_slot++ % GH_TLS_CLIENT_SESSIONS;
+        free(t->sessions[i].key);
+        t->sessions[i].key = copy;
+    }
+    SSL_SESSION_free(t->sessions[i].sess);
+    t->sessions[i].sess = sess;
+    pthread_mutex_unlock(&t->mu);
+    return 1;
+}
+
+SSL_SESSION *gh__tls_client_session(gh_tls_client_t *t, const char *key)
+{
+    SSL_SESSION *sess = NULL;
+    pthread_mutex_lock(&t->mu);
+    for (unsigned i = 0; i < GH_TLS_CLIENT_SESSIONS; i++) {
+        if (t->sessions[i].key && strcmp(t->sessions[i].key, key) == 0) {
+            sess = t->sessions[i].sess;
+            if (sess && !SSL_SESSION_up_ref(sess))
+                sess = NULL;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return sess;
+}
+
 gh_tls_client_t *gh_tls_client_new_at(const gh_upstream_tls_conf_t *conf, const gh_loc_t *loc,
                                       gh_errors_t *errs)
 {
@@ -23,6 +69,7 @@ gh_tls_client_t *gh_tls_client_new_at(const gh_upstream_tls_conf_t *conf, const 
         return NULL;
     }
     atomic_init(&t->refs, 1);
+    pthread_mutex_init(&t->mu, NULL);
     t->verify = verify;
     t->ctx = SSL_CTX_new(TLS_client_method());
     if (!t->ctx || gh__tls_ctx_common(t->ctx, 0x0303, why, sizeof(why)) < 0) {
@@ -58,11 +105,17 @@ gh_tls_client_t *gh_tls_client_new_at(const gh_upstream_tls_conf_t *conf, const 
         goto fail;
     }
     SSL_CTX_set_verify(t->ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    /* Sessions go to our small cache keyed by peer name, not to OpenSSL's
+     * (which is keyed by session id and useless for picking one). */
+    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(t->ctx, new_session_cb);
+    SSL_CTX_set_app_data(t->ctx, t);
     return t;
 
 fail:
     ERR_clear_error();
     SSL_CTX_free(t->ctx);
+    pthread_mutex_destroy(&t->mu);
     free(t);
     return NULL;
 }
@@ -81,7 +134,12 @@ void gh__tls_client_release(gh_tls_client_t *t)
 {
     if (!t || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
+    for (unsigned i = 0; i < GH_TLS_CLIENT_SESSIONS; i++) {
+        free(t->sessions[i].key);
+        SSL_SESSION_free(t->sessions[i].sess);
+    }
     SSL_CTX_free(t->ctx);
+    pthread_mutex_destroy(&t->mu);
     free(t);
 }
 

@@ -68,6 +68,7 @@ typedef struct tls_stream {
     size_t wq_bytes;
     uv_timer_t *defer;          /* created on first need: delivers kept data */
     char *error;                /* first failure, for logs */
+    char *session_key;          /* client: the sni, keying resumable sessions */
     int pending_err;            /* UV_EOF or an error the user has not seen yet */
     int fatal;                  /* the stream is broken: writes fail with this */
     int handles;                /* open libuv handles; freed at zero */
@@ -566,6 +567,7 @@ static void finalize(tls_stream_t *t)
     free(t->out);
     free(t->saved);
     free(t->error);
+    free(t->session_key);
     gh__tls_server_release(t->server);
     gh__tls_client_release(t->client);
     free(t);
@@ -771,6 +773,15 @@ gh_stream_t *gh_tls_stream_client(gh_tls_client_t *cli, gh_tcp_stream_t *tcp, co
             }
         }
     }
+    if (ok && sni && *sni) {
+        ok = (t->session_key = strdup(sni)) != NULL;
+        SSL_set_app_data(t->ssl, t->session_key);
+        SSL_SESSION *sess = ok ? gh__tls_client_session(cli, sni) : NULL;
+        if (sess) {
+            SSL_set_session(t->ssl, sess);  /* a stale one just means a full handshake */
+            SSL_SESSION_free(sess);
+        }
+    }
     /* The ClientHello goes out now; failing this early is a bug or no
      * memory, so the caller still owns tcp. */
     ERR_clear_error();
@@ -779,6 +790,7 @@ gh_stream_t *gh_tls_stream_client(gh_tls_client_t *cli, gh_tcp_stream_t *tcp, co
         ERR_clear_error();
         SSL_free(t->ssl);
         gh__tls_client_release(cli);
+        free(t->session_key);
         free(t);
         return NULL;
     }

@@ -4,6 +4,7 @@
 #ifndef GH_TLS_INT_H
 #define GH_TLS_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <openssl/ssl.h>
@@ -27,10 +28,20 @@ struct gh_tls_server {
     size_t nnames;
 };
 
+/* The last session per peer name, so new upstream connections resume
+ * (one round trip and no certificate check instead of a full handshake). */
+#define GH_TLS_CLIENT_SESSIONS 16
+
 struct gh_tls_client {
     atomic_int refs;
     SSL_CTX *ctx;
     bool verify;
+    pthread_mutex_t mu;     /* workers share a client */
+    struct {
+        char *key;          /* the sni the stream was made with */
+        SSL_SESSION *sess;
+    } sessions[GH_TLS_CLIENT_SESSIONS];
+    unsigned next_slot;
 };
 
 /* Protocol versions, suites, groups and options for both sides: TLS 1.2 and
@@ -50,6 +61,11 @@ long gh__tls_server_lookup(const gh_tls_server_t *t, const char *host);
 
 void gh__tls_server_retain(gh_tls_server_t *t);
 void gh__tls_server_release(gh_tls_server_t *t);
+/* A session to resume with for key (the stream's sni), referenced for the
+ * caller, or NULL. Streams set key as the SSL's app data, where the
+ * new-session callback finds it. */
+SSL_SESSION *gh__tls_client_session(gh_tls_client_t *t, const char *key);
+
 void gh__tls_client_retain(gh_tls_client_t *t);
 void gh__tls_client_release(gh_tls_client_t *t);
 

@@ -7,8 +7,8 @@ live backend, one to an upstream whose only server is a closed port (marked
 down passively once a request fails), one to an upstream whose active health
 check fails (down for as long as the test runs), and a `respond:` route whose
 path needs HTML escaping."""
+import hashlib
 import html.parser
-import json
 import os
 import re
 import shutil
@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 
-from harness import free_port, request, to_yaml, wait_port, wait_until
+from harness import StartError, free_port, request, to_yaml, wait_port, wait_until
 
 PROMTOOL = shutil.which("promtool")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -73,12 +73,13 @@ def base_config(admin_port, live_url, dead_port, sick_port):
     }
 
 
-@pytest.fixture
-def admin(gatehouse, aio):
+def start_admin(gatehouse, aio, extra=None):
     last = None
     for _ in range(3):
         aport, dead, sick = free_port(), free_port(), free_port()
         cfg = base_config(aport, aio.url, dead, sick)
+        if extra:
+            extra(cfg)
         # the dict as the harness will write it, so reload tests can edit it
         gh = gatehouse(cfg)
         cfg = dict(cfg, listen=[{"address": f"127.0.0.1:{gh.port}"}],
@@ -93,6 +94,11 @@ def admin(gatehouse, aio):
         last = gh.stderr()
         gh.stop()
     pytest.fail(f"the admin listener did not open:\n{last}")
+
+
+@pytest.fixture
+def admin(gatehouse, aio):
+    return start_admin(gatehouse, aio)
 
 
 # ---------------------------------------------------------------- Prometheus text
@@ -445,3 +451,52 @@ def test_status_page_in_chromium(admin, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, len(data)
     if os.environ.get("GH_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["GH_KEEP_SCREENSHOT"])
+
+
+def test_plugin_counters(gatehouse, aio):
+    key = "k-123"
+
+    def with_plugins(cfg):
+        cfg["plugins"] = {
+            "need_key": {"type": "api_key",
+                         "keys": [{"id": "ops",
+                                   "hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest()}]},
+            "per_ip": {"type": "rate_limit", "rate": "1/m", "burst": 1, "by": "client_ip"},
+            "unused_limit": {"type": "rate_limit", "rate": "5/s", "burst": 5, "by": "client_ip"},
+            "local": {"type": "ip_filter", "allow": ["127.0.0.1/32"]},
+        }
+        cfg["routes"].insert(0, {"host": "api.test", "upstream": "live",
+                                 "plugins": ["local", "need_key", "per_ip"]})
+    try:
+        a = start_admin(gatehouse, aio, with_plugins)
+    except StartError as e:
+        if "not supported yet" in str(e):
+            pytest.skip("the config loader does not take plugins yet")
+        raise
+    port = a.gh.port
+    assert send(port, "api.test", "/", 2) == [401, 401]
+    codes = [request(port, host="api.test", headers=[("X-API-Key", key)]).status
+             for _ in range(3)]
+    assert codes[0] == 200 and set(codes[1:]) == {429}, codes
+
+    text = a.metrics()
+    s, types = parse_metrics(text)
+    promtool_check(text)
+    assert types["gatehouse_auth_failures_total"] == "counter"
+    assert val(s, "gatehouse_auth_failures_total", plugin="need_key") == 2
+    assert val(s, "gatehouse_rate_limited_total", plugin="per_ip") == 2
+    assert val(s, "gatehouse_rate_limited_total", plugin="unused_limit") == 0
+    assert val(s, "gatehouse_requests_total", route="api.test/", code="429") == 2
+
+    st = a.status()
+    plugins = {p["name"]: p for p in st["plugins"]}
+    assert plugins["per_ip"]["type"] == "rate_limit"
+    assert plugins["per_ip"]["rate_limited"] == 2
+    assert plugins["need_key"]["auth_failures"] == 2
+    api = next(r for r in st["routes"] if r["name"] == "api.test/")
+    assert api["plugins"] == ["local", "need_key", "per_ip"]
+    assert (api["rate_limited"], api["client_errors"]) == (2, 4), api
+
+    rows, _ = rows_of(a.get("/status").body.decode())
+    row = next(r for r in rows if r and r[0] == "per_ip")
+    assert row[1:] == ["rate_limit", "2", "0"], row
