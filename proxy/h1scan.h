@@ -10,8 +10,9 @@
  * request line that is not "METHOD SP TARGET SP HTTP/1.x" (400; HTTP/2 or any
  * other version 505); both Content-Length and Transfer-Encoding (400);
  * duplicate Content-Length with different values or a non-digit value (400);
- * Transfer-Encoding on HTTP/1.0 (400); Transfer-Encoding whose last coding is
- * not chunked (400) or that has any other coding (501); more than
+ * Transfer-Encoding on HTTP/1.0 (400); Transfer-Encoding with anything after
+ * chunked, chunked twice, empty items or parameters (400), or any coding
+ * other than chunked (501; decided last, so a 400 wins); more than
  * GH_H1_MAX_HEADERS fields (431); head longer than max (431, or 414 when the
  * request line alone does not fit).
  */

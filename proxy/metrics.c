@@ -224,26 +224,25 @@ bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, s
 
 /* ---- plugins ---- */
 
-static const gh_plugin_ops_t *plugin_ops(const gh_plugin_conf_t *pc)
+/* Everything plugins/ reports for cfg (gh_plugins_metrics), NUL-terminated
+ * in a malloc'd buffer; NULL when out of memory. It writes whole lines only,
+ * so a buffer it nearly filled may have left some out: retry bigger. */
+static char *plugin_text(const gh_config_t *cfg, size_t *len)
 {
-    return pc->type ? gh_plugin_find(pc->type) : NULL;
-}
-
-#define PLUGIN_OUT_CAP (64 * 1024)
-
-/* Runs the metrics hook of pc into buf (PLUGIN_OUT_CAP bytes); returns the
- * NUL-terminated length, 0 when it has none. */
-static size_t plugin_lines(const gh_plugin_conf_t *pc, char *buf)
-{
-    const gh_plugin_ops_t *ops = plugin_ops(pc);
-    buf[0] = '\0';
-    if (!ops || !ops->metrics || !pc->instance)
-        return 0;
-    size_t n = ops->metrics(pc->instance, pc, buf, PLUGIN_OUT_CAP - 1);
-    if (n > PLUGIN_OUT_CAP - 1)
-        n = PLUGIN_OUT_CAP - 1;
-    buf[n] = '\0';
-    return n;
+    for (size_t cap = 64 * 1024;; cap *= 4) {
+        char *buf = malloc(cap);
+        if (!buf)
+            return NULL;
+        size_t n = cfg->nplugins ? gh_plugins_metrics(cfg, buf, cap - 1) : 0;
+        if (n > cap - 1)
+            n = cap - 1;
+        if (cap - 1 - n >= 4096 || cap >= ((size_t)64 << 20)) {
+            buf[n] = '\0';
+            *len = n;
+            return buf;
+        }
+        free(buf);
+    }
 }
 
 /* Length of the metric name a sample line starts with, 0 if it is not one. */
@@ -256,35 +255,26 @@ static size_t sample_name_len(const char *s, size_t n)
     return i < n && (s[i] == '{' || s[i] == ' ') ? i : 0;
 }
 
-uint64_t gh_metrics_plugin_sum(const gh_plugin_conf_t *pc, const char *family)
+/* Whether sample line l carries plugin="name". Plugin names are letters,
+ * digits, '-', '_' and '.' (conf/), so there are no escapes to undo. */
+static bool line_has_plugin(const char *l, size_t len, const char *name)
 {
-    char *buf = malloc(PLUGIN_OUT_CAP);
-    if (!buf)
-        return 0;
-    size_t n = plugin_lines(pc, buf), flen = strlen(family);
-    double sum = 0;
-    for (char *p = buf, *end = buf + n; p < end;) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (nl)
-            *nl = '\0';
-        if (sample_name_len(p, ll) == flen && memcmp(p, family, flen) == 0) {
-            char *sp = strrchr(p, ' '), *ep;
-            double v = sp ? strtod(sp + 1, &ep) : 0;
-            if (sp && ep != sp + 1 && v > 0)
-                sum += v;
-        }
-        p += ll + 1;
+    size_t nl = strlen(name);
+    for (const char *p = l, *end = l + len; (p = memmem(p, (size_t)(end - p), "plugin=\"", 8));
+         p += 8) {
+        if (p > l && p[-1] != '{' && p[-1] != ',')
+            continue;
+        if ((size_t)(end - p) > 8 + nl && memcmp(p + 8, name, nl) == 0 && p[8 + nl] == '"')
+            return true;
     }
-    free(buf);
-    return (uint64_t)sum;
+    return false;
 }
 
 /* Plugin lines are regrouped by family: the text format wants each family's
- * samples together under one HELP and TYPE, and several instances of one
- * plugin type each report the same families. The families of the SPEC come
- * first with our own HELP and TYPE, and get an explicit 0 for an instance
- * that reports nothing, so a dashboard sees every configured plugin. */
+ * samples together under one HELP and TYPE, and promtool wants HELP, which
+ * plugins do not write. The families of the SPEC come first with our own
+ * HELP and TYPE, and get an explicit 0 for an instance that reports nothing,
+ * so a dashboard sees every configured plugin from the start. */
 typedef struct pfam {
     size_t name, nlen;              /* offsets into text */
     size_t type, tlen;              /* tlen 0: untyped */
@@ -297,7 +287,7 @@ typedef struct psample {
 } psample_t;
 
 typedef struct pset {
-    gh_obuf_t text;                 /* every instance's output, one after the other */
+    gh_obuf_t text;                 /* the SPEC family names, then the plugins' lines */
     pfam_t *fams;
     size_t nfams, capfams;
     psample_t *samples;
@@ -314,6 +304,30 @@ static const struct {
       "api_key" },
 };
 #define NSPEC (sizeof spec_fams / sizeof spec_fams[0])
+
+void gh_metrics_plugin_counts(const gh_config_t *cfg, uint64_t *limited, uint64_t *auth_failures)
+{
+    uint64_t *into[NSPEC] = { limited, auth_failures };
+    memset(limited, 0, cfg->nplugins * sizeof *limited);
+    memset(auth_failures, 0, cfg->nplugins * sizeof *auth_failures);
+    size_t len;
+    char *text = plugin_text(cfg, &len);
+    for (char *l = text, *end = text + (text ? len : 0); l && l < end;) {
+        char *nl = memchr(l, '\n', (size_t)(end - l));
+        size_t ll = nl ? (size_t)(nl - l) : (size_t)(end - l), n = sample_name_len(l, ll);
+        for (size_t k = 0; n && k < NSPEC; k++) {
+            if (strlen(spec_fams[k].name) != n || memcmp(l, spec_fams[k].name, n) != 0)
+                continue;
+            const char *sp = memrchr(l, ' ', ll);
+            double v = sp ? strtod(sp + 1, NULL) : 0;
+            for (size_t i = 0; i < cfg->nplugins && v > 0; i++)
+                if (line_has_plugin(l, ll, cfg->plugins[i]->name))
+                    into[k][i] += (uint64_t)v;
+        }
+        l += ll + 1;
+    }
+    free(text);
+}
 
 static bool grow(void **p, size_t *cap, size_t n, size_t size)
 {
@@ -346,6 +360,12 @@ static size_t fam_add(pset_t *ps, size_t off, size_t n)
     return ps->nfams++;
 }
 
+static bool fam_is(const pset_t *ps, size_t f, const char *type)
+{
+    const pfam_t *pf = &ps->fams[f];
+    return pf->tlen == strlen(type) && memcmp(ps->text.p + pf->type, type, pf->tlen) == 0;
+}
+
 /* The family a sample belongs to: its own name, or the histogram or summary
  * it is a _bucket/_sum/_count of. */
 static size_t fam_of_sample(pset_t *ps, size_t off, size_t n)
@@ -360,10 +380,7 @@ static size_t fam_of_sample(pset_t *ps, size_t off, size_t n)
         if (n <= sl || memcmp(s + n - sl, suffix[i], sl) != 0)
             continue;
         f = fam_find(ps, s, n - sl);
-        const pfam_t *pf = f != SIZE_MAX ? &ps->fams[f] : NULL;
-        const char *t = pf ? ps->text.p + pf->type : NULL;
-        if (pf && ((pf->tlen == 9 && memcmp(t, "histogram", 9) == 0) ||
-                   (pf->tlen == 7 && memcmp(t, "summary", 7) == 0)))
+        if (f != SIZE_MAX && (fam_is(ps, f, "histogram") || fam_is(ps, f, "summary")))
             return f;
     }
     return fam_add(ps, off, n);
@@ -384,9 +401,7 @@ static void parse_comment(pset_t *ps, size_t off, size_t len)
     const char *l = ps->text.p + off;
     bool is_type = len > 7 && memcmp(l, "# TYPE ", 7) == 0;
     bool is_help = len > 7 && memcmp(l, "# HELP ", 7) == 0;
-    if (!is_type && !is_help)
-        return;
-    size_t n = sample_name_len(l + 7, len - 7);
+    size_t n = is_type || is_help ? sample_name_len(l + 7, len - 7) : 0;
     if (!n)
         return;
     size_t f = fam_find(ps, l + 7, n);
@@ -405,8 +420,7 @@ static void parse_comment(pset_t *ps, size_t off, size_t len)
     }
 }
 
-/* Parses text[from..to); has[k] is set when spec family k got a sample. */
-static void parse_lines(pset_t *ps, size_t from, size_t to, bool has[NSPEC])
+static void parse_lines(pset_t *ps, size_t from, size_t to)
 {
     for (size_t off = from; off < to;) {
         char *l = ps->text.p + off;
@@ -426,23 +440,57 @@ static void parse_lines(pset_t *ps, size_t from, size_t to, bool has[NSPEC])
                 return;
             }
             ps->samples[ps->nsamples++] = (psample_t){ f, off, len };
-            if (f < NSPEC)
-                has[f] = true;
         }
         off = next;
+    }
+}
+
+static void render_family(gh_obuf_t *b, const pset_t *ps, size_t f, const gh_config_t *cfg)
+{
+    const pfam_t *pf = &ps->fams[f];
+    const char *name = ps->text.p + pf->name;
+    const char *type = f < NSPEC ? "counter" : pf->tlen ? ps->text.p + pf->type : "untyped";
+    int tlen = pf->tlen ? (int)pf->tlen : (int)strlen(type);
+    if (pf->fixed_help)
+        gh_obuf_printf(b, "# HELP %.*s %s\n", (int)pf->nlen, name, pf->fixed_help);
+    else if (pf->hlen)
+        gh_obuf_printf(b, "# HELP %.*s %.*s\n", (int)pf->nlen, name, (int)pf->hlen,
+                       ps->text.p + pf->help);
+    else
+        gh_obuf_printf(b, "# HELP %.*s Reported by a plugin.\n", (int)pf->nlen, name);
+    gh_obuf_printf(b, "# TYPE %.*s %.*s\n", (int)pf->nlen, name, tlen, type);
+    for (size_t s = 0; s < ps->nsamples; s++) {
+        if (ps->samples[s].fam != f)
+            continue;
+        gh_obuf_put(b, ps->text.p + ps->samples[s].line, ps->samples[s].len);
+        gh_obuf_puts(b, "\n");
+    }
+    for (size_t i = 0; f < NSPEC && i < cfg->nplugins; i++) {
+        const gh_plugin_conf_t *pc = cfg->plugins[i];
+        if (!pc->type || strcmp(pc->type, spec_fams[f].plugin_type) != 0)
+            continue;
+        bool has = false;
+        for (size_t s = 0; s < ps->nsamples && !has; s++)
+            has = ps->samples[s].fam == f &&
+                  line_has_plugin(ps->text.p + ps->samples[s].line, ps->samples[s].len, pc->name);
+        if (has)
+            continue;
+        gh_obuf_printf(b, "%.*s{plugin=\"", (int)pf->nlen, name);
+        gh_obuf_esc(b, pc->name, GH_ESC_PROM_LABEL);
+        gh_obuf_puts(b, "\"} 0\n");
     }
 }
 
 static void render_plugins(gh_obuf_t *b, const gh_config_t *cfg)
 {
     pset_t ps = { 0 };
-    bool *has = calloc(cfg->nplugins + 1, NSPEC * sizeof *has);
-    char *buf = malloc(PLUGIN_OUT_CAP);
-    if (!has || !buf) {
+    size_t len;
+    char *text = plugin_text(cfg, &len);
+    if (!text) {
         b->oom = true;
-        goto out;
+        return;
     }
-    /* the SPEC families are families 0..NSPEC-1, named from text */
+    /* the SPEC families are families 0..NSPEC-1, their names in text */
     for (size_t k = 0; k < NSPEC; k++) {
         size_t off = ps.text.len;
         gh_obuf_puts(&ps.text, spec_fams[k].name);
@@ -450,59 +498,22 @@ static void render_plugins(gh_obuf_t *b, const gh_config_t *cfg)
         if (f != SIZE_MAX)
             ps.fams[f].fixed_help = spec_fams[k].help;
     }
-    for (size_t i = 0; i < cfg->nplugins; i++) {
-        size_t n = plugin_lines(cfg->plugins[i], buf);
-        size_t from = ps.text.len;
-        gh_obuf_put(&ps.text, buf, n);
-        gh_obuf_puts(&ps.text, "\n");
-        if (ps.text.oom)
-            break;
-        parse_lines(&ps, from, ps.text.len, &has[i * NSPEC]);
-    }
+    size_t from = ps.text.len;
+    gh_obuf_put(&ps.text, text, len);
+    free(text);
+    if (!ps.text.oom)
+        parse_lines(&ps, from, ps.text.len);
     if (ps.oom || ps.text.oom) {
         b->oom = true;
-        goto out;
-    }
-    for (size_t f = 0; f < ps.nfams; f++) {
-        const pfam_t *pf = &ps.fams[f];
-        const char *name = ps.text.p + pf->name;
-        bool any = f < NSPEC;
-        for (size_t s = 0; s < ps.nsamples && !any; s++)
-            any = ps.samples[s].fam == f;
-        if (!any)
-            continue;   /* a TYPE or HELP with no sample */
-        if (pf->fixed_help)
-            gh_obuf_printf(b, "# HELP %.*s %s\n", (int)pf->nlen, name, pf->fixed_help);
-        else if (pf->hlen)
-            gh_obuf_printf(b, "# HELP %.*s %.*s\n", (int)pf->nlen, name, (int)pf->hlen,
-                           ps.text.p + pf->help);
-        const char *type = f < NSPEC ? "counter" : "untyped";
-        int tlen = (int)strlen(type);
-        if (pf->tlen) {
-            type = ps.text.p + pf->type;
-            tlen = (int)pf->tlen;
-        }
-        gh_obuf_printf(b, "# TYPE %.*s %.*s\n", (int)pf->nlen, name, tlen, type);
-        for (size_t s = 0; s < ps.nsamples; s++) {
-            if (ps.samples[s].fam != f)
-                continue;
-            gh_obuf_put(b, ps.text.p + ps.samples[s].line, ps.samples[s].len);
-            gh_obuf_puts(b, "\n");
-        }
-        if (f >= NSPEC)
-            continue;
-        for (size_t i = 0; i < cfg->nplugins; i++) {
-            const gh_plugin_conf_t *pc = cfg->plugins[i];
-            if (has[i * NSPEC + f] || !pc->type || strcmp(pc->type, spec_fams[f].plugin_type) != 0)
-                continue;
-            gh_obuf_printf(b, "%.*s{plugin=\"", (int)pf->nlen, name);
-            gh_obuf_esc(b, pc->name, GH_ESC_PROM_LABEL);
-            gh_obuf_puts(b, "\"} 0\n");
+    } else {
+        for (size_t f = 0; f < ps.nfams; f++) {
+            bool any = f < NSPEC;
+            for (size_t s = 0; s < ps.nsamples && !any; s++)
+                any = ps.samples[s].fam == f;
+            if (any)    /* a TYPE or HELP without samples says nothing */
+                render_family(b, &ps, f, cfg);
         }
     }
-out:
-    free(buf);
-    free(has);
     free(ps.fams);
     free(ps.samples);
     gh_obuf_free(&ps.text);

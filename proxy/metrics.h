@@ -47,10 +47,10 @@ void gh_metrics_conn_counts(const gh_server_t *srv, gh_conn_counts_t *out);
 /* Whether sv takes requests now; when not, why (into why, cap bytes). */
 bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, size_t cap);
 
-/* Sums the values of the samples of family (e.g.
- * "gatehouse_rate_limited_total") that plugin instance pc reports through
- * its metrics hook; 0 when it has none. */
-uint64_t gh_metrics_plugin_sum(const gh_plugin_conf_t *pc, const char *family);
+/* What the plugins of cfg report: limited[i] and auth_failures[i] (arrays
+ * of cfg->nplugins) get the gatehouse_rate_limited_total and
+ * gatehouse_auth_failures_total of cfg->plugins[i]; 0 when it has none. */
+void gh_metrics_plugin_counts(const gh_config_t *cfg, uint64_t *limited, uint64_t *auth_failures);
 
 /* ---- output buffer ---- */
 

@@ -14,6 +14,7 @@
 #include "conf/node.h"
 #include "conf/yaml.h"
 #include "plugins/builtin.h"
+#include "plugins/gcra.h"
 #include "plugins/plugin.h"
 #include "tests/unit/test.h"
 
@@ -274,10 +275,10 @@ static void test_check_errors(void)
                  "  u:\n"
                  "    type: geoip\n",
                  "p.yaml:8:5: unknown key 'forwrd_key_id' in plugin 'k' (did you mean 'forward_key_id'?)",
-                 "p.yaml:5:25: expected sha256:<64 hex digits> (gatehouse hash-key prints one)",
+                 "p.yaml:5:24: expected sha256:<64 hex digits> (gatehouse hash-key prints one)",
                  "p.yaml:6:15: invalid key id (1 to 63 letters, digits, '-', '_', '.' or '@')",
-                 "p.yaml:6:39: expected sha256:<64 hex digits> (gatehouse hash-key prints one)",
-                 "p.yaml:7:25: unknown key 'idd' in a key of plugin 'k' (did you mean 'id'?)",
+                 "p.yaml:6:34: expected sha256:<64 hex digits> (gatehouse hash-key prints one)",
+                 "p.yaml:7:20: unknown key 'idd' in a key of plugin 'k' (did you mean 'id'?)",
                  "p.yaml:7:9: missing 'id' in a key of plugin 'k'",
                  "p.yaml:7:17: expected sha256:<64 hex digits> (gatehouse hash-key prints one)",
                  "p.yaml:12:5: unknown key 'brust' in plugin 'r' (did you mean 'burst'?)",
@@ -338,15 +339,15 @@ static void test_check_errors(void)
                  "  k:\n"
                  "    type: api_key\n"
                  "    forward_key_id: \"Bad:Header\"\n",
-                 "p.yaml:2:3: plugin 'g' needs allow or deny",
                  "p.yaml:4:13: invalid CIDR '10.0.0.0/33' (expected e.g. 10.0.0.0/8 or ::1/128)",
+                 "p.yaml:4:39: invalid CIDR '12' (expected e.g. 10.0.0.0/8 or ::1/128)",
                  "p.yaml:5:11: expected a non-empty list",
-                 "p.yaml:8:3: plugin 'h' needs request_set, request_remove, response_set or response_remove",
+                 "p.yaml:6:3: plugin 'g' needs allow or deny",
+                 "p.yaml:12:5: unknown key 'reqest_remove' in plugin 'h' (did you mean 'request_remove'?)",
                  "p.yaml:10:20: invalid header name 'X Bad'",
                  "p.yaml:10:32: header 'Content-Length' is managed by gatehouse and cannot be changed",
                  "p.yaml:10:57: invalid header value (control characters, or spaces at either end)",
                  "p.yaml:11:32: header 'server' is listed twice in response_remove",
-                 "p.yaml:12:5: unknown key 'reqest_remove' in plugin 'h' (did you mean 'request_remove'?)",
                  "p.yaml:13:3: plugin 'k' needs keys or keys_file",
                  "p.yaml:15:21: invalid header name 'Bad:Header'");
 
@@ -454,7 +455,7 @@ static void test_api_key(void)
     CHECK_INT(gh_plugins_check(f.cfg, &f.errs), -1);
     CHECK_INT(f.errs.n, 1);
     CHECK_STR(f.errs.n ? f.errs.lines[0] : NULL,
-              "p.yaml:6:33: expected sha256:<64 hex digits> (gatehouse hash-key prints one)");
+              "p.yaml:6:26: expected sha256:<64 hex digits> (gatehouse hash-key prints one)");
     fixture_free(&f);
 
     snprintf(yaml, sizeof(yaml),
@@ -590,4 +591,378 @@ static void test_keys_file_reload(void)
     CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
     fixture_free(&f1);
     fixture_free(&f2);
+}
+
+static void test_rate_limit(void)
+{
+    const char *yaml = "plugins:\n"
+                       "  per_ip:\n"
+                       "    type: rate_limit\n"
+                       "    rate: 10/s\n"
+                       "    burst: 20\n"
+                       "    overrides: { 10.9.9.9: { rate: 1/s, burst: 1 } }\n"
+                       "routes:\n"
+                       "  - { name: r, plugins: [per_ip] }\n";
+    fixture_t f;
+    fixture_ok(&f, "p.yaml", yaml, NULL);
+    gh__rate_limit_set_clock(gh__plugin_instance(f.cfg->plugins[0]), fake_clock);
+    const gh_route_conf_t *r = &f.cfg->routes[0];
+    request_t q;
+
+    /* 3 s as fast as possible from one address: 20 + 30 (t = 0 .. 3.0). */
+    fake_now = 1000 * GH_NS_PER_S;
+    int ok = 0, limited = 0;
+    for (uint64_t t = 0; t <= 3000; t++) {
+        fake_now = 1000 * GH_NS_PER_S + t * 1000000;
+        for (;;) {
+            request_init(&q, r, "10.0.0.1", NULL);
+            if (run(&q, true) != GH_PLUGIN_PASS)
+                break;
+            ok++;
+        }
+        limited++;
+    }
+    CHECK_INT(ok, 50);
+
+    /* Headers of an allowed and of a refused request. */
+    fake_now = 2000 * GH_NS_PER_S;
+    request_init(&q, r, "10.0.0.2", NULL);
+    CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Limit"), "20");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Remaining"), "19");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Reset"), "1");
+    CHECK(resp_set(&q.pr, "Retry-After") == NULL);
+    for (int i = 0; i < 19; i++) {
+        request_init(&q, r, "10.0.0.2", NULL);
+        run(&q, true);
+    }
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Remaining"), "0");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Reset"), "2");
+    request_init(&q, r, "10.0.0.2", NULL);
+    CHECK_INT(run(&q, true), 429);
+    CHECK_STR(resp_set(&q.pr, "Retry-After"), "1");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Limit"), "20");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Remaining"), "0");
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Reset"), "2");
+
+    /* Another address has its own bucket; the override has a smaller one. */
+    request_init(&q, r, "10.0.0.3", NULL);
+    CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
+    request_init(&q, r, "10.9.9.9", NULL);
+    CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
+    CHECK_STR(resp_set(&q.pr, "RateLimit-Limit"), "1");
+    request_init(&q, r, "10.9.9.9", NULL);
+    CHECK_INT(run(&q, true), 429);
+    CHECK_STR(resp_set(&q.pr, "Retry-After"), "1");
+
+    char m[256];
+    size_t n = gh_plugins_metrics(f.cfg, m, sizeof(m));
+    m[n] = '\0';
+    char want[256];
+    snprintf(want, sizeof(want),
+             "# TYPE gatehouse_rate_limited_total counter\n"
+             "gatehouse_rate_limited_total{plugin=\"per_ip\"} %d\n", limited + 2);
+    CHECK_STR(m, want);
+
+    /* Reload: the same definition, moved and reordered, keeps the state. */
+    const char *moved = "\nplugins:\n"
+                        "  per_ip:\n"
+                        "    burst: 20\n"
+                        "    type: rate_limit\n"
+                        "    overrides: { 10.9.9.9: { burst: 1, rate: 1/s } }\n"
+                        "    rate: 10/s\n"
+                        "routes:\n"
+                        "  - { name: r, plugins: [per_ip] }\n";
+    fixture_t f2, f3;
+    fixture_ok(&f2, "q.yaml", moved, &f);
+    CHECK(f2.cfg->plugins[0]->instance == f.cfg->plugins[0]->instance);
+    request_init(&q, &f2.cfg->routes[0], "10.0.0.2", NULL);
+    CHECK_INT(run(&q, true), 429);
+    /* A changed definition starts afresh. */
+    const char *changed = "plugins:\n"
+                          "  per_ip: { type: rate_limit, rate: 10/s, burst: 21 }\n"
+                          "routes:\n"
+                          "  - { name: r, plugins: [per_ip] }\n";
+    fixture_ok(&f3, "q.yaml", changed, &f2);
+    CHECK(f3.cfg->plugins[0]->instance != f2.cfg->plugins[0]->instance);
+    request_init(&q, &f3.cfg->routes[0], "10.0.0.2", NULL);
+    CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
+    /* The old config goes first; the shared instance lives on in f2. */
+    fixture_free(&f);
+    request_init(&q, &f2.cfg->routes[0], "10.0.0.2", NULL);
+    CHECK_INT(run(&q, true), 429);
+    fixture_free(&f2);
+    fixture_free(&f3);
+}
+
+static void test_rate_limit_keys(void)
+{
+    char ha[65], hb[65], yaml[1024];
+    sha256_hex("secret-a", ha);
+    sha256_hex("secret-b", hb);
+    snprintf(yaml, sizeof(yaml),
+             "plugins:\n"
+             "  k:\n"
+             "    type: api_key\n"
+             "    keys: [{ id: a, hash: \"sha256:%s\" }, { id: n8n, hash: \"sha256:%s\" }]\n"
+             "  per_key:\n"
+             "    type: rate_limit\n"
+             "    rate: 1/m\n"
+             "    burst: 2\n"
+             "    by: api_key\n"
+             "    concurrency: 1\n"
+             "    overrides: { n8n: { concurrency: 2 } }\n"
+             "  per_tenant: { type: rate_limit, rate: 1/m, burst: 1, by: \"header:X-Tenant\" }\n"
+             "  per_route: { type: rate_limit, rate: 1/m, burst: 1, by: route }\n"
+             "routes:\n"
+             "  - { name: keyed, plugins: [k, per_key] }\n"
+             "  - { name: tenant, plugins: [per_tenant] }\n"
+             "  - { name: route1, plugins: [per_route] }\n"
+             "  - { name: route2, plugins: [per_route] }\n",
+             ha, hb);
+    fixture_t f;
+    fixture_ok(&f, "p.yaml", yaml, NULL);
+    for (size_t i = 1; i < 4; i++)
+        gh__rate_limit_set_clock(gh__plugin_instance(f.cfg->plugins[i]), fake_clock);
+    fake_now = 5000 * GH_NS_PER_S;
+    const gh_route_conf_t *keyed = &f.cfg->routes[0], *tenant = &f.cfg->routes[1];
+    request_t q1, q2, q3;
+
+    /* Concurrency 1 for key a, whatever address it comes from. */
+    request_init(&q1, keyed, "10.0.0.1", "X-API-Key", "secret-a", NULL);
+    CHECK_INT(run(&q1, false), GH_PLUGIN_PASS);
+    CHECK_INT(q1.ran, 2);
+    request_init(&q2, keyed, "10.0.0.2", "X-API-Key", "secret-a", NULL);
+    CHECK_INT(run(&q2, true), 429);
+    CHECK_STR(resp_set(&q2.pr, "Retry-After"), "1");
+    CHECK_STR(resp_set(&q2.pr, "RateLimit-Remaining"), "0");
+    /* The stream ends (or the client goes): the slot comes back. */
+    gh_plugins_end(keyed, &q1.pr, q1.ran);
+    request_init(&q2, keyed, "10.0.0.2", "X-API-Key", "secret-a", NULL);
+    CHECK_INT(run(&q2, true), GH_PLUGIN_PASS);
+    CHECK_STR(resp_set(&q2.pr, "RateLimit-Remaining"), "0");
+    request_init(&q2, keyed, "10.0.0.2", "X-API-Key", "secret-a", NULL);
+    CHECK_INT(run(&q2, true), 429);
+    CHECK_STR(resp_set(&q2.pr, "Retry-After"), "60");
+
+    /* n8n overrides concurrency only: 2 in flight, the same rate. */
+    request_init(&q1, keyed, "10.0.0.1", "X-API-Key", "secret-b", NULL);
+    request_init(&q2, keyed, "10.0.0.1", "X-API-Key", "secret-b", NULL);
+    request_init(&q3, keyed, "10.0.0.1", "X-API-Key", "secret-b", NULL);
+    CHECK_INT(run(&q1, false), GH_PLUGIN_PASS);
+    CHECK_INT(run(&q2, false), GH_PLUGIN_PASS);
+    CHECK_INT(run(&q3, true), 429);
+    CHECK_STR(resp_set(&q3.pr, "RateLimit-Limit"), "2");
+    gh_plugins_end(keyed, &q1.pr, q1.ran);
+    gh_plugins_end(keyed, &q2.pr, q2.ran);
+    /* A request refused by api_key never reaches rate_limit. */
+    request_init(&q1, keyed, "10.0.0.1", "X-API-Key", "nope", NULL);
+    CHECK_INT(run(&q1, true), 401);
+    CHECK_INT(q1.ran, 1);
+
+    /* by: header: the value is the key; without the header, the address. */
+    request_init(&q1, tenant, "10.0.0.1", "X-Tenant", "acme", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+    request_init(&q1, tenant, "10.0.0.2", "x-tenant", "acme", NULL);
+    CHECK_INT(run(&q1, true), 429);
+    request_init(&q1, tenant, "10.0.0.1", "X-Tenant", "other", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+    request_init(&q1, tenant, "10.0.0.1", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+    request_init(&q1, tenant, "10.0.0.1", NULL);
+    CHECK_INT(run(&q1, true), 429);
+    request_init(&q1, tenant, "10.0.0.3", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+
+    /* by: route: one bucket per route, shared by every client. */
+    request_init(&q1, &f.cfg->routes[2], "10.0.0.1", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+    request_init(&q1, &f.cfg->routes[2], "10.0.0.2", NULL);
+    CHECK_INT(run(&q1, true), 429);
+    request_init(&q1, &f.cfg->routes[3], "10.0.0.2", NULL);
+    CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+    fixture_free(&f);
+}
+
+static void test_ip_filter(void)
+{
+    const char *yaml = "plugins:\n"
+                       "  office: { type: ip_filter, allow: [\"10.0.0.0/8\", \"2001:db8::/32\"] }\n"
+                       "  block: { type: ip_filter, deny: [\"10.9.0.0/16\", \"::1\"] }\n"
+                       "  both:\n"
+                       "    type: ip_filter\n"
+                       "    allow: [\"10.0.0.0/8\"]\n"
+                       "    deny: [\"10.9.0.0/16\"]\n"
+                       "routes:\n"
+                       "  - { name: office, plugins: [office] }\n"
+                       "  - { name: block, plugins: [block] }\n"
+                       "  - { name: both, plugins: [both] }\n";
+    fixture_t f;
+    fixture_ok(&f, "p.yaml", yaml, NULL);
+    static const struct {
+        int route;
+        const char *ip;
+        int status;
+    } cases[] = {
+        { 0, "10.1.2.3", 0 }, { 0, "11.1.2.3", 403 }, { 0, "2001:db8::1", 0 },
+        { 0, "2001:db9::1", 403 }, { 0, "::ffff:10.1.2.3", 0 }, { 0, NULL, 403 },
+        { 1, "10.9.1.1", 403 }, { 1, "10.8.1.1", 0 }, { 1, "::1", 403 },
+        { 1, "::2", 0 }, { 1, NULL, 0 }, { 1, "::ffff:10.9.0.1", 403 },
+        { 2, "10.1.1.1", 0 }, { 2, "10.9.1.1", 403 }, { 2, "192.168.1.1", 403 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        request_t q;
+        request_init(&q, &f.cfg->routes[cases[i].route], cases[i].ip, NULL);
+        int st = run(&q, true);
+        if (st != cases[i].status)
+            fprintf(stderr, "  ip_filter case %zu (%s)\n", i, cases[i].ip ? cases[i].ip : "-");
+        CHECK_INT(st, cases[i].status);
+    }
+    fixture_free(&f);
+}
+
+static void test_headers_plugin(void)
+{
+    const char *yaml = "plugins:\n"
+                       "  h:\n"
+                       "    type: headers\n"
+                       "    request_set: { X-Env: prod, X-Debug: \"on\" }\n"
+                       "    request_remove: [ X-Debug, Cookie ]\n"
+                       "    response_set: { Strict-Transport-Security: \"max-age=31536000\" }\n"
+                       "    response_remove: [ Server ]\n"
+                       "  ip: { type: ip_filter, deny: [\"10.9.0.0/16\"] }\n"
+                       "routes:\n"
+                       "  - { name: r, plugins: [h, ip] }\n";
+    fixture_t f;
+    fixture_ok(&f, "p.yaml", yaml, NULL);
+    request_t q;
+    request_init(&q, &f.cfg->routes[0], "10.0.0.1", "Cookie", "a=b", NULL);
+    CHECK_INT(run(&q, true), GH_PLUGIN_PASS);
+    CHECK_INT(q.ran, 2);
+    CHECK_STR(req_set(&q.pr, "X-Env"), "prod");
+    CHECK_STR(req_set(&q.pr, "X-Debug"), "on");     /* set wins within the plugin */
+    CHECK(req_removed(&q.pr, "cookie"));
+    CHECK(req_removed(&q.pr, "X-Debug"));
+    CHECK_STR(resp_set(&q.pr, "Strict-Transport-Security"), "max-age=31536000");
+    CHECK_INT(q.pr.nresp_remove, 1);
+    CHECK_STR(q.pr.resp_remove[0], "Server");
+    /* A plugin that answers stops the chain, edits so far stay (the proxy
+     * applies resp_set to local answers too). */
+    request_init(&q, &f.cfg->routes[0], "10.9.0.1", NULL);
+    CHECK_INT(run(&q, true), 403);
+    CHECK_INT(q.ran, 2);
+    CHECK_STR(resp_set(&q.pr, "Strict-Transport-Security"), "max-age=31536000");
+    /* Without room for all of its edits it fails rather than drop one. */
+    request_init(&q, &f.cfg->routes[0], "10.0.0.1", NULL);
+    for (int i = 0; i < GH_PREQ_MAX_EDITS; i++) {
+        char *name = gh_arena_alloc(f.arena, 16);
+        snprintf(name, 16, "X-%d", i);
+        gh_preq_set_response_header(&q.pr, name, "1");
+    }
+    CHECK_INT(run(&q, true), 500);
+    CHECK_INT(q.ran, 1);
+    fixture_free(&f);
+}
+
+static void test_preq_helpers(void)
+{
+    gh_preq_t r;
+    gh_preq_init(&r);
+    gh_preq_header_t h[] = { { "Host", "a" }, { "X-Api-Key", "k1" }, { "x-api-key", "k2" } };
+    r.headers = h;
+    r.nheaders = 3;
+    CHECK_STR(gh_preq_header(&r, "X-API-KEY"), "k1");
+    CHECK(gh_preq_header(&r, "Cookie") == NULL);
+
+    gh_preq_set_request_header(&r, "X-A", "1");
+    gh_preq_set_request_header(&r, "x-a", "2");         /* replaces */
+    CHECK_INT(r.nreq_set, 1);
+    CHECK_STR(r.req_set[0].value, "2");
+    gh_preq_remove_request_header(&r, "X-A");           /* cancels the set */
+    CHECK_INT(r.nreq_set, 0);
+    CHECK_INT(r.nreq_remove, 1);
+    gh_preq_remove_request_header(&r, "x-a");           /* listed once */
+    CHECK_INT(r.nreq_remove, 1);
+    gh_preq_set_request_header(&r, "X-A", "3");         /* a later set wins again */
+    CHECK_INT(r.nreq_set, 1);
+    CHECK_INT(r.nreq_remove, 1);
+
+    gh_preq_set_response_header(&r, "Retry-After", "1");
+    gh_preq_remove_response_header(&r, "Server");
+    gh_preq_remove_response_header(&r, "retry-after");
+    CHECK_INT(r.nresp_set, 0);
+    CHECK_INT(r.nresp_remove, 2);
+    for (int i = 0; i < 40; i++)
+        gh_preq_remove_response_header(&r, i % 2 ? "A" : "B");
+    CHECK_INT(r.nresp_remove, 4);
+    static const char *names[] = { "a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
+                                   "k", "l", "m", "n", "o", "p", "q", "r" };
+    for (int i = 0; i < 18; i++)
+        gh_preq_set_response_header(&r, names[i], "v");
+    CHECK_INT(r.nresp_set, GH_PREQ_MAX_EDITS);
+
+    char big[600];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    const char *s1 = gh_preq_strdup(&r, big);
+    CHECK(s1 != NULL && strcmp(s1, big) == 0);
+    CHECK(gh_preq_strdup(&r, big) == NULL);             /* no room for a second */
+    CHECK_STR(gh_preq_strdup(&r, "42"), "42");
+    big[1024 - 600 - 3 - 1] = '\0';
+    CHECK(gh_preq_strdup(&r, big) != NULL);             /* exactly full */
+    CHECK_INT(r.scratch_len, sizeof(r.scratch));
+    CHECK(gh_preq_strdup(&r, "") == NULL);
+}
+
+static void test_create_failure(void)
+{
+    /* A keys file that went missing between check and create: the reload
+     * fails, and nothing of the new config is left behind. */
+    char ha[65], text[128], yaml[512];
+    sha256_hex("secret-a", ha);
+    snprintf(text, sizeof(text), "alice sha256:%s\n", ha);
+    const char *path = write_file("gone.keys", text);
+    snprintf(yaml, sizeof(yaml),
+             "plugins:\n  r: { type: rate_limit, rate: 1/s }\n"
+             "  k: { type: api_key, keys_file: %s }\n", path);
+    fixture_t f;
+    fixture_load(&f, "p.yaml", yaml);
+    CHECK_INT(gh_plugins_check(f.cfg, &f.errs), 0);
+    unlink(path);
+    CHECK_INT(gh_plugins_create(f.cfg, NULL, &f.errs), -1);
+    CHECK_INT(f.errs.n, 1);
+    CHECK(f.cfg->plugins[0]->instance == NULL);
+    CHECK(f.cfg->plugins[1]->instance == NULL);
+    /* Requests on a route whose plugins were never created are refused. */
+    gh_route_conf_t r = { .name = "x", .plugins = f.cfg->plugins, .nplugins = 2 };
+    request_t q;
+    request_init(&q, &r, "10.0.0.1", NULL);
+    CHECK_INT(run(&q, true), 500);
+    fixture_free(&f);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/gh-test-plugins-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_registry();
+    test_node_equal();
+    test_check_errors();
+    test_keys_file();
+    test_api_key();
+    test_keys_file_reload();
+    test_rate_limit();
+    test_rate_limit_keys();
+    test_ip_filter();
+    test_headers_plugin();
+    test_preq_helpers();
+    test_create_failure();
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+    TEST_MAIN_END();
 }
