@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
 #include "conf/config.h"
 #include "conf/node.h"
 
@@ -242,8 +243,9 @@ int gh__keyset_add_file(gh__keyset_t *ks, const gh_node_t *at, const char *path,
             rc = -1;
         start = end + 1;
     }
-    /* The file held hashes only, but leave no copy of anything behind. */
-    memset(buf, 0, len);
+    /* The file should hold hashes only, but a key pasted by mistake must
+     * not linger in freed memory. */
+    OPENSSL_cleanse(buf, len);
     free(buf);
     return rc;
 }

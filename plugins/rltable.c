@@ -276,10 +276,13 @@ gh__rl_verdict_t gh__rl_take(gh__rl_table_t *t, uint64_t hash, const gh__gcra_t 
     uint64_t tat = e ? e->tat : 0;
     gh__rl_verdict_t v;
     if (e && concurrency && e->inflight >= concurrency) {
-        uint64_t probe = tat;
-        gh__gcra_update(g, &probe, now, res);   /* for Limit and Reset only */
+        /* A slot frees when some request ends, which no clock predicts:
+         * ask for a retry in a second. The rate state is left alone. */
+        uint64_t backlog = tat > now ? tat - now : 0;
         res->allowed = false;
+        res->limit = g->burst;
         res->remaining = 0;
+        res->reset_s = (backlog + GH_NS_PER_S - 1) / GH_NS_PER_S;
         res->retry_after_s = 1;
         v = GH__RL_CONCURRENCY;
     } else if (gh__gcra_update(g, &tat, now, res)) {

@@ -293,12 +293,14 @@ static void html_routes(gh_obuf_t *b, const gh_config_t *cfg)
         gh_obuf_puts(b, "</code></td><td>");
         h(b, rt ? action_names[rt->action] : "404");
         gh_obuf_puts(b, "</td><td>");
-        if (rt && rt->action == GH_ACTION_UPSTREAM && rt->upstream)
+        if (rt && rt->action == GH_ACTION_UPSTREAM && rt->upstream) {
             h(b, rt->upstream->name);
-        else if (rt && rt->action == GH_ACTION_REDIRECT)
-            gh_obuf_printf(b, "%d ", rt->redirect_status), h(b, rt->redirect);
-        else if (rt && rt->action == GH_ACTION_RESPOND)
+        } else if (rt && rt->action == GH_ACTION_REDIRECT) {
+            gh_obuf_printf(b, "%d ", rt->redirect_status);
+            h(b, rt->redirect);
+        } else if (rt && rt->action == GH_ACTION_RESPOND) {
             gh_obuf_printf(b, "%d", rt->respond_status);
+        }
         gh_obuf_puts(b, "</td><td>");
         for (size_t j = 0; rt && j < rt->nplugins; j++) {
             gh_obuf_puts(b, j ? ", " : "");

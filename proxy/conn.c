@@ -532,7 +532,7 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         return;
     }
 
-    if (c->listener->admin) {
+    if (c->admin) {
         c->off += head_len;
         if (r->has_body)
             r->resp_close = true;
@@ -706,6 +706,8 @@ void gh__conn_accept(gh_listener_t *l)
     c->server = srv;
     c->listener = l;
     c->redirect_https = l->redirect_https;
+    c->admin = l->admin;
+    c->tls = l->tls;
     c->state = GH_C_HEAD;
     gh_tcp_stream_init(&c->s, srv->loop);
     c->stream = &c->s.base;
@@ -734,6 +736,7 @@ void gh__conn_accept(gh_listener_t *l)
     uv_tcp_nodelay(&c->s.tcp, 1);
     if (l->conf && l->conf->proxy_protocol)
         c->state = GH_C_PROXY;
+    c->listener = NULL; /* not to be read after accept */
 
     if (srv->stopping || srv->nconns > srv->snap->cfg->limits.max_connections) {
         gh__conn_abort(c);

@@ -255,7 +255,7 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     if (trusted && xfp)
         ob_put(&o, xfp->value, xfp->value_len);
     else
-        ob_str(&o, r->conn->listener && r->conn->listener->tls ? "https" : "http");
+        ob_str(&o, r->conn->tls ? "https" : "http");
     OB_LIT(&o, "\r\nX-Forwarded-Host: ");
     ob_str(&o, r->host);
     OB_LIT(&o, "\r\nX-Request-ID: ");

@@ -40,7 +40,7 @@ typedef struct route_entry {
 } route_entry_t;
 
 static struct {
-    /* open addressing, linear probing; cap is a power of two */
+    /* open addressing, linear probing; nslots is 0 or a power of two */
     route_entry_t **slots;
     size_t nslots, nused;
     uint64_t bucket[NBUCKETS];      /* not cumulative; summed at render */
@@ -135,9 +135,8 @@ static void count_code(route_entry_t *e, int code)
 
 void gh_metrics_request(const gh_req_t *r)
 {
-    /* Compared, not dereferenced: a listener closed by a reload is freed
-     * while its connections live on. */
-    if (r->conn && r->conn->server && r->conn->listener == r->conn->server->admin)
+    /* scrapes of the admin endpoints are not traffic */
+    if (r->conn && r->conn->admin)
         return;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -213,7 +212,7 @@ bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, s
     }
     if (sv->down_until > now_ms) {
         uint64_t left = (sv->down_until - now_ms + 999) / 1000;
-        snprintf(why, cap, "%u failed connect%s; retried in %llus", sv->fails,
+        snprintf(why, cap, "%u failed connect%s; next try in %llus", sv->fails,
                  sv->fails == 1 ? "" : "s", (unsigned long long)left);
         return false;
     }

@@ -108,8 +108,9 @@ struct gh_conn {
     gh_tcp_stream_t s;
     gh_stream_t *stream;    /* &s.base, or a TLS stream over it */
     gh_server_t *server;
-    gh_listener_t *listener;
+    gh_listener_t *listener;    /* may be freed by a reload: use the copies below */
     bool redirect_https;
+    bool admin, tls;            /* copied from the listener at accept */
     enum gh_conn_state state;
     uv_timer_t timer;
     enum gh_deadline deadline;

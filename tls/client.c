@@ -9,19 +9,19 @@
 #include "conf/config.h"
 #include "tls/tls-int.h"
 
-/* OpenSSL hands over each new session (for TLS 1.3 each ticket, after the
- * handshake); returns 1 when the reference was kept. */
-static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+int gh__tls_client_session_put(gh_tls_client_t *t, const char *key, SSL_SESSION *sess)
 {
-    gh_tls_client_t *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-    const char *key = SSL_get_app_data(ssl);
-    if (!t || !key || !SSL_SESSION_is_resumable(sess))
+    if (!key || !SSL_SESSION_is_resumable(sess))
         return 0;
     pthread_mutex_lock(&t->mu);
     unsigned i;
     for (i = 0; i < GH_TLS_CLIENT_SESSIONS; i++) {
         if (t->sessions[i].key && strcmp(t->sessions[i].key, key) == 0)
             break;
+    }
+    if (i < GH_TLS_CLIENT_SESSIONS && t->sessions[i].sess == sess) {
+        pthread_mutex_unlock(&t->mu);
+        return 0;
     }
     if (i == GH_TLS_CLIENT_SESSIONS) {
         char *copy = strdup(key);
@@ -37,6 +37,14 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
     t->sessions[i].sess = sess;
     pthread_mutex_unlock(&t->mu);
     return 1;
+}
+
+/* OpenSSL hands over each new session of a full handshake, and in TLS 1.3
+ * each ticket as it arrives; returns 1 when the reference was kept. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    gh_tls_client_t *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    return t ? gh__tls_client_session_put(t, SSL_get_app_data(ssl), sess) : 0;
 }
 
 SSL_SESSION *gh__tls_client_session(gh_tls_client_t *t, const char *key)

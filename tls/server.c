@@ -144,9 +144,11 @@ static void check_dates(X509 *cert, const gh_cert_conf_t *cc, gh_errors_t *errs)
     format_time(na, when, sizeof(when));
     if (days < 0 || secs < 0 || (days == 0 && secs == 0))
         gh_errors_add(errs, &cc->loc, "warning: certificate %s expired on %s", cc->cert, when);
-    else if (days < EXPIRY_WARN_DAYS)
+    else if (days < EXPIRY_WARN_DAYS) {
+        days += secs > 0;   /* "in 5 days" for 4 days and 23 hours */
         gh_errors_add(errs, &cc->loc, "warning: certificate %s expires in %d day%s, on %s",
                       cc->cert, days, days == 1 ? "" : "s", when);
+    }
 }
 
 static BIO *open_pem(const char *path, const char *what, const gh_cert_conf_t *cc,

@@ -563,6 +563,19 @@ static void finalize(tls_stream_t *t)
         count(t, false);
     if (t->base.on_close)
         t->base.on_close(&t->base);
+    /* SSL_free marks the session unresumable when no close_notify went
+     * out, a TLS 1.0 rule that TLS 1.1 dropped; HTTP peers close without it
+     * all the time, and it would leave our client cache full of dead
+     * sessions. A fatal alert still invalidates the session (OpenSSL does
+     * that when the alert is sent or received). */
+    if (t->hs_done && !t->fatal) {
+        SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+        /* A TLS 1.2 ticket renewed during a resumed handshake reaches no
+         * callback (and the old session is now spent): keep the new one. */
+        SSL_SESSION *sess = t->client ? SSL_get1_session(t->ssl) : NULL;
+        if (sess && !gh__tls_client_session_put(t->client, t->session_key, sess))
+            SSL_SESSION_free(sess);
+    }
     SSL_free(t->ssl);
     free(t->out);
     free(t->saved);

@@ -83,7 +83,6 @@ static int rotate_locked(int64_t now)
 static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv,
                      EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
-    (void)s;
     ticket_key_t k;
     int renew = 0;
 
@@ -106,7 +105,10 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv,
             return 0;
         }
         k = keys[i];
-        renew = i != cur;
+        /* Renew when the key is no longer current, and always in TLS 1.3:
+         * its clients use a ticket once (RFC 8446 C.4; OpenSSL, browsers),
+         * and OpenSSL sends a resumed client a new one only when asked. */
+        renew = i != cur || SSL_version(s) >= TLS1_3_VERSION;
     }
     pthread_mutex_unlock(&mu);
 

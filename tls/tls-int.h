@@ -65,6 +65,10 @@ void gh__tls_server_release(gh_tls_server_t *t);
  * caller, or NULL. Streams set key as the SSL's app data, where the
  * new-session callback finds it. */
 SSL_SESSION *gh__tls_client_session(gh_tls_client_t *t, const char *key);
+/* Keeps sess (taking the caller's reference) as the one to resume key with,
+ * if it is resumable and not already kept; returns 1 if the reference was
+ * taken, 0 if the caller still owns it. */
+int gh__tls_client_session_put(gh_tls_client_t *t, const char *key, SSL_SESSION *sess);
 
 void gh__tls_client_retain(gh_tls_client_t *t);
 void gh__tls_client_release(gh_tls_client_t *t);

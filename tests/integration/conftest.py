@@ -6,13 +6,13 @@ the backends are started once per session on ports they pick themselves.
 """
 import copy
 import os
+import socket
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
 from harness import (Gatehouse, Nginx, ScriptedServer, StartError, aio_backend,  # noqa: E402
                      free_port, llm_backend, to_yaml)
 from pattern import MAX_SLICE, pattern  # noqa: E402
@@ -153,7 +153,6 @@ def port_holder():
     socks = []
 
     def make():
-        import socket
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen(8)
@@ -164,5 +163,3 @@ def port_holder():
     for s in socks:
         s.close()
 
-
-__all__ = ["harness"]

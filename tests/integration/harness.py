@@ -604,7 +604,6 @@ class Gatehouse:
                 self.proc.kill()
                 self.proc.wait(10)
                 self.returncode = None
-                self.killed = True
                 self._close_files()
                 return None
         self.returncode = self.proc.returncode

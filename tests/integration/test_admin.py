@@ -8,7 +8,9 @@ down passively once a request fails), one to an upstream whose active health
 check fails (down for as long as the test runs), and a `respond:` route whose
 path needs HTML escaping."""
 import hashlib
+import html
 import html.parser
+import json
 import os
 import re
 import shutil
@@ -18,7 +20,7 @@ import tempfile
 
 import pytest
 
-from harness import StartError, free_port, request, to_yaml, wait_port, wait_until
+from harness import BIN, REPO, StartError, free_port, request, to_yaml, wait_port, wait_until
 
 PROMTOOL = shutil.which("promtool")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -80,8 +82,14 @@ def start_admin(gatehouse, aio, extra=None):
         cfg = base_config(aport, aio.url, dead, sick)
         if extra:
             extra(cfg)
+        try:
+            gh = gatehouse(cfg)
+        except StartError as e:
+            if "in use" not in str(e).lower():
+                raise
+            last = str(e)    # the admin port was taken in the meantime
+            continue
         # the dict as the harness will write it, so reload tests can edit it
-        gh = gatehouse(cfg)
         cfg = dict(cfg, listen=[{"address": f"127.0.0.1:{gh.port}"}],
                    access_log={"path": "stdout", "format": "json"},
                    timeouts={"shutdown": "3s"})
@@ -503,3 +511,86 @@ def test_plugin_counters(gatehouse, aio):
     rows, _ = rows_of(a.get("/status").body.decode())
     row = next(r for r in rows if r and r[0] == "per_ip")
     assert row[1:] == ["rate_limit", "2", "0"], row
+
+
+ESC_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "proxy/metrics.h"
+int main(void)
+{
+    static const char *in[] = { CASES };
+    for (int mode = GH_ESC_PROM_LABEL; mode <= GH_ESC_HTML; mode++) {
+        for (size_t i = 0; i < sizeof in / sizeof in[0]; i++) {
+            gh_obuf_t b = { 0 };
+            gh_obuf_esc(&b, in[i], (gh_esc_t)mode);
+            printf("%d ", mode);
+            for (size_t j = 0; j < b.len; j++)
+                printf("%02x", (unsigned char)b.p[j]);
+            printf("\n");
+            gh_obuf_free(&b);
+        }
+    }
+    return 0;
+}
+"""
+
+ESC_CASES = [b"plain route/", b'q"b\\s\nn', b"<a href='x'>&amp;</a>", b"bad\xff\xc0\xafutf8",
+             b"ctl\x01\x1f\x7f", b"\xe2\x82\xac and \xf0\x9f\x98\x80", b"\xed\xa0\x80 surrogate",
+             b"\xe0\x80\xaf overlong", b""]
+
+
+def test_escaping_of_label_values_json_and_html(tmp_path):
+    """The config loader lets no quote or backslash into a route or upstream
+    name today, so the escaping /metrics, /status and /status.json share is
+    checked directly, in a program linked against the build's library."""
+    build = os.path.dirname(BIN)
+    libs = [os.path.join(build, "libgh_core.a"), os.path.join(build, "libllhttp.a")]
+    cc = shutil.which("cc")
+    if not cc or not all(os.path.exists(x) for x in libs):
+        pytest.skip(f"no C compiler or no {libs} next to {BIN}")
+    inc = "/usr/share/include/llhttp"
+    try:
+        with open(os.path.join(build, "meson-info", "intro-buildoptions.json")) as f:
+            inc = next(o["value"] for o in json.load(f) if o["name"] == "llhttp_include")
+    except (OSError, ValueError, StopIteration):
+        pass
+    cases = ", ".join('"' + "".join(f"\\x{c:02x}" for c in s) + '"' for s in ESC_CASES)
+    src = tmp_path / "esc.c"
+    src.write_text(ESC_PROGRAM.replace("CASES", cases))
+    pc = subprocess.run(["pkg-config", "--cflags", "--libs", "libuv", "openssl", "yaml-0.1"],
+                        capture_output=True, text=True)
+    flags = pc.stdout.split() if pc.returncode == 0 else ["-luv", "-lssl", "-lcrypto", "-lyaml"]
+    exe = tmp_path / "esc"
+
+    def link(extra):
+        return subprocess.run([cc, "-D_GNU_SOURCE", f"-I{REPO}", f"-I{inc}", str(src), *libs,
+                               *flags, "-lm", "-lpthread", *extra, "-o", str(exe)],
+                              capture_output=True, text=True, timeout=120)
+    r = link([])
+    if r.returncode != 0 and re.search(r"undefined reference to `__(asan|ubsan)", r.stderr):
+        r = link(["-fsanitize=address,undefined"])     # an ASan/UBSan build
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout
+    got = {}
+    for ln in out.splitlines():
+        mode, _, hexed = ln.partition(" ")
+        got.setdefault(int(mode), []).append(bytes.fromhex(hexed))
+    label, help_, js, page = (got[k] for k in range(4))
+    for raw, lab, j, h in zip(ESC_CASES, label, js, page):
+        text = raw.decode("utf-8", "replace")
+        for esc in (lab, j, h):
+            esc.decode("utf-8")     # always valid UTF-8
+        # Prometheus label value: only \\ \" and \n escaped
+        assert unescape(lab.decode()) == text, (raw, lab)
+        assert not re.search(r'(?<!\\)"', lab.decode()), lab
+        assert b"\n" not in lab
+        # JSON string
+        assert json.loads('"' + j.decode() + '"') == text, (raw, j)
+        # HTML: no markup characters survive, and it reads back as the text
+        # (control characters other than tab/newline become U+FFFD)
+        assert not re.search(r"[<>\"']", h.decode()), h
+        want = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "\ufffd", text)
+        assert html.unescape(h.decode()) == want, (raw, h)
+    assert label[1] == b'q\\"b\\\\s\\nn'
+    assert help_[1] == b'q"b\\\\s\\nn'

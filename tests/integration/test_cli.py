@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness import BIN, free_port, request, run_cli
+from harness import free_port, request, run_cli
 
 ERR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$")
 

@@ -194,6 +194,7 @@ static void test_concurrency(void)
     CHECK_INT(r.retry_after_s, 1);
     CHECK_INT(r.remaining, 0);
     CHECK_INT(r.limit, 2);
+    CHECK_INT(r.reset_s, 1);            /* the one request sent: 1 s at 1/s */
     /* An entry with a request in flight is never evicted: the table grows
      * past its bound of 1 instead. */
     uint64_t other = gh__rl_hash(t, 'k', "other", 5);

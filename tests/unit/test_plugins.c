@@ -781,6 +781,21 @@ static void test_rate_limit_keys(void)
     CHECK_INT(run(&q1, true), 429);
     request_init(&q1, &f.cfg->routes[3], "10.0.0.2", NULL);
     CHECK_INT(run(&q1, true), GH_PLUGIN_PASS);
+
+    /* Each family in one group, in table order, whatever the file order. */
+    char m[1024];
+    size_t n = gh_plugins_metrics(f.cfg, m, sizeof(m));
+    m[n] = '\0';
+    CHECK_STR(m, "# TYPE gatehouse_auth_failures_total counter\n"
+                 "gatehouse_auth_failures_total{plugin=\"k\"} 1\n"
+                 "# TYPE gatehouse_rate_limited_total counter\n"
+                 "gatehouse_rate_limited_total{plugin=\"per_key\"} 3\n"
+                 "gatehouse_rate_limited_total{plugin=\"per_tenant\"} 2\n"
+                 "gatehouse_rate_limited_total{plugin=\"per_route\"} 1\n");
+    /* Room for the first family only: the second is left out whole. */
+    size_t first = strlen("# TYPE gatehouse_auth_failures_total counter\n"
+                          "gatehouse_auth_failures_total{plugin=\"k\"} 1\n");
+    CHECK_INT(gh_plugins_metrics(f.cfg, m, first + 60), first);
     fixture_free(&f);
 }
 
