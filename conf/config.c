@@ -14,6 +14,7 @@
 #include "conf/arena.h"
 #include "conf/decode.h"
 #include "conf/yaml.h"
+#include "plugins/plugin.h"
 #include "routes/router.h"
 
 /* A config is a few kilobytes; anything near this is a mistake. */
@@ -35,8 +36,8 @@ static const struct {
     [GH_FEAT_HTTPS_SERVER]    = { "an https:// server", false },
     [GH_FEAT_UPSTREAM_TLS]    = { "tls on an upstream", false },
     [GH_FEAT_HEALTH_CHECK]    = { "health_check", true },
-    [GH_FEAT_PLUGINS_SECTION] = { "the plugins section", false },
-    [GH_FEAT_ROUTE_PLUGINS]   = { "plugins on a route", false },
+    [GH_FEAT_PLUGINS_SECTION] = { "the plugins section", true },
+    [GH_FEAT_ROUTE_PLUGINS]   = { "plugins on a route", true },
 };
 
 bool gh__feature(gh__decoder_t *d, gh__feature_t f, const gh_node_t *n)
@@ -290,6 +291,8 @@ static void decode_root(gh__decoder_t *d, const gh_node_t *root)
             gh_errors_add(d->errs, &c->admin.loc,
                           "admin address '%s' is also a listen address (line %u)",
                           c->admin.address, (unsigned)c->listens[i].loc.line);
+    /* Plugins decode their own settings; they see the routes using them. */
+    gh_plugins_check(c, d->errs);
     for (size_t i = 0; i < c->nlistens; i++)
         if (c->listens[i].tls && d->certs_written == 0)
             gh_errors_add(d->errs, &c->listens[i].loc,

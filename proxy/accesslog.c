@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "plugins/plugin.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 
@@ -152,7 +153,9 @@ void gh__accesslog_write(gh_req_t *r)
         lb_json(&b, upstream);
         lb_str(&b, ",\"request_id\":");
         lb_json(&b, r->request_id[0] ? r->request_id : NULL);
-        lb_str(&b, ",\"key_id\":null}");
+        lb_str(&b, ",\"key_id\":");
+        lb_json(&b, r->preq && r->preq->key_id[0] ? r->preq->key_id : NULL);
+        lb_str(&b, "}");
     }
     line[b.len++] = '\n';
     if (log_len + b.len > LOG_BUF)

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "conf/config.h"
+#include "plugins/plugin.h"
 #include "proxy/admin.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -79,6 +80,11 @@ static void req_free(gh_req_t *r)
     if (!r)
         return;
     gh__proxy_release(r);
+    if (r->preq) {
+        gh_plugins_end(r->route, r->preq, r->plugins_ran);
+        free(r->preq);
+    }
+    free(r->preq_strs);
     if (r->snap)
         gh__snapshot_release(r->snap);
     free(r->strs);
@@ -465,6 +471,45 @@ static int request_strings(gh_req_t *r)
     return 0;
 }
 
+/* Runs the route's plugins on the request. Returns 0 to go on, or the
+ * status a plugin answered with. The plugins see NUL-terminated copies of
+ * the headers; only routes that list plugins pay for them. */
+static int run_plugins(gh_req_t *r)
+{
+    const gh_h1_head_t *h = &r->head;
+    size_t bytes = 0;
+    for (size_t i = 0; i < h->nheaders; i++)
+        bytes += h->headers[i].name_len + h->headers[i].value_len + 2;
+    r->preq = malloc(sizeof *r->preq);
+    r->preq_strs = malloc(bytes + h->nheaders * sizeof(gh_preq_header_t) + 1);
+    if (!r->preq || !r->preq_strs)
+        return 500;
+    gh_preq_t *p = r->preq;
+    gh_preq_init(p);
+    gh_preq_header_t *hs = (gh_preq_header_t *)r->preq_strs;
+    char *o = r->preq_strs + h->nheaders * sizeof(gh_preq_header_t);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gh_h1_header_t *f = &h->headers[i];
+        hs[i].name = o;
+        memcpy(o, f->name, f->name_len);
+        o[f->name_len] = '\0';
+        o += f->name_len + 1;
+        hs[i].value = o;
+        memcpy(o, f->value, f->value_len);
+        o[f->value_len] = '\0';
+        o += f->value_len + 1;
+    }
+    p->route = r->route;
+    p->client_addr = (const struct sockaddr *)&r->client_addr;
+    p->client_ip = r->client_ip;
+    p->method = r->method;
+    p->host = r->host;
+    p->path = r->path;
+    p->headers = hs;
+    p->nheaders = h->nheaders;
+    return gh_plugins_request(r->route, p, &r->plugins_ran);
+}
+
 static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
 {
     gh_h1_head_t *h = &r->head;
@@ -566,6 +611,16 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
             r->resp_close = true;
         gh__respond_error(r, 404);
         return;
+    }
+    if (r->route->nplugins) {
+        st = run_plugins(r);
+        if (st) {
+            c->off += head_len;
+            if (r->has_body)
+                r->resp_close = true;
+            gh__respond_error(r, st);
+            return;
+        }
     }
     if (r->route->action != GH_ACTION_UPSTREAM) {
         c->off += head_len;

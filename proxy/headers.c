@@ -8,6 +8,7 @@
 #include <sys/random.h>
 
 #include "conf/config.h"
+#include "plugins/plugin.h"
 #include "proxy/proxy.h"
 
 /* A fast generator for request ids: xoshiro-style state seeded once from
@@ -103,6 +104,37 @@ static bool named_in_connection(const gh_h1_head_t *head, const gh_h1_header_t *
         }
     }
     return false;
+}
+
+/* Does a plugin edit (remove or set) take the header h away? */
+static bool edited(const gh_h1_header_t *h, const char *const *remove, size_t nremove,
+                   const gh_preq_header_t *set, size_t nset)
+{
+    for (size_t i = 0; i < nremove; i++)
+        if (ieq(h->name, h->name_len, remove[i], strlen(remove[i])))
+            return true;
+    for (size_t i = 0; i < nset; i++)
+        if (ieq(h->name, h->name_len, set[i].name, strlen(set[i].name)))
+            return true;
+    return false;
+}
+
+static size_t set_bytes(const gh_preq_header_t *set, size_t n)
+{
+    size_t b = 0;
+    for (size_t i = 0; i < n; i++)
+        b += strlen(set[i].name) + strlen(set[i].value) + 4;
+    return b;
+}
+
+static void ob_set(obuf_t *o, const gh_preq_header_t *set, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ob_str(o, set[i].name);
+        OB_LIT(o, ": ");
+        ob_str(o, set[i].value);
+        OB_LIT(o, "\r\n");
+    }
 }
 
 static bool hop_by_hop(const gh_h1_header_t *h)
@@ -204,8 +236,9 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
         else if (GH_H1_NAME_IS(f, "upgrade"))
             upg = f;
     }
+    const gh_preq_t *p = r->preq;
     obuf_t o = { .cap = total + strlen(r->path) + (r->query ? strlen(r->query) : 0) +
-                        strlen(r->host) * 2 + 512 };
+                        strlen(r->host) * 2 + 512 + (p ? set_bytes(p->req_set, p->nreq_set) : 0) };
     o.p = malloc(o.cap);
     if (!o.p)
         return NULL;
@@ -232,8 +265,12 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
             GH_H1_NAME_IS(f, "x-forwarded-for") ||
             (GH_H1_NAME_IS(f, "cf-connecting-ip") && !trusted) || named_in_connection(h, f))
             continue;
+        if (p && edited(f, p->req_remove, p->nreq_remove, p->req_set, p->nreq_set))
+            continue;
         ob_header(&o, f);
     }
+    if (p)
+        ob_set(&o, p->req_set, p->nreq_set);
     /* From a trusted proxy the chain is kept (repeated fields joined into
      * one list) and extended; from anyone else it is not believed. */
     OB_LIT(&o, "X-Forwarded-For: ");
@@ -257,7 +294,10 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     else
         ob_str(&o, r->conn->tls ? "https" : "http");
     OB_LIT(&o, "\r\nX-Forwarded-Host: ");
-    ob_str(&o, r->host);
+    if (host && r->head.target[0] == '/')
+        ob_put(&o, host->value, host->value_len); /* as the client wrote it, port included */
+    else
+        ob_str(&o, r->host);
     OB_LIT(&o, "\r\nX-Request-ID: ");
     ob_str(&o, r->request_id);
     OB_LIT(&o, "\r\n");
@@ -291,7 +331,8 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
         if (GH_H1_NAME_IS(&rh->headers[i], "upgrade"))
             upg = &rh->headers[i];
     }
-    obuf_t o = { .cap = total + 256 };
+    const gh_preq_t *p = r->preq;
+    obuf_t o = { .cap = total + 256 + (p ? set_bytes(p->resp_set, p->nresp_set) : 0) };
     o.p = malloc(o.cap);
     if (!o.p)
         return NULL;
@@ -313,8 +354,12 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
         }
         if (hop_by_hop(f) || GH_H1_NAME_IS(f, "x-request-id") || named_in_connection(rh, f))
             continue;
+        if (p && !informational && edited(f, p->resp_remove, p->nresp_remove, p->resp_set, p->nresp_set))
+            continue;
         ob_header(&o, f);
     }
+    if (p && !informational)
+        ob_set(&o, p->resp_set, p->nresp_set);
     if (rh->status == 101) {
         OB_LIT(&o, "Connection: upgrade\r\n");
         if (upg)

@@ -32,6 +32,7 @@ struct gh_snapshot {
     gh_server_t *server;
     gh_config_t *cfg;
     gh_upstream_t *ups;     /* one per cfg->upstreams[i] */
+    bool plugins_created;   /* gh_plugins_create ran for cfg */
 };
 
 struct gh_upserver {
@@ -214,6 +215,11 @@ struct gh_req {
     unsigned npiov;
     char *rhead;            /* response head as sent to the client */
     size_t rhead_len;
+
+    /* plugins of the route, when it has any */
+    struct gh_preq *preq;
+    size_t plugins_ran;
+    char *preq_strs;        /* NUL-terminated copies of the headers for plugins */
 
     /* Last, and not zeroed on allocation: the scanner fills what it uses. */
     gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */

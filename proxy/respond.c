@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plugins/plugin.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 
@@ -94,7 +95,23 @@ void gh__respond(gh_req_t *r, int status, const char *content_type, const char *
     if (close)
         r->resp_close = true;
     bool send_body = !r->head_method;
-    size_t cap = 512 + (extra_headers ? strlen(extra_headers) : 0) + (send_body ? body_len : 0);
+    /* Headers plugins asked for (WWW-Authenticate, Retry-After, RateLimit-*)
+     * go on local answers too. */
+    char plug[2048];
+    size_t plen = 0;
+    plug[0] = '\0';
+    if (r->preq) {
+        for (size_t i = 0; i < r->preq->nresp_set; i++) {
+            int n = snprintf(plug + plen, sizeof plug - plen, "%s: %s\r\n",
+                             r->preq->resp_set[i].name, r->preq->resp_set[i].value);
+            if (n < 0 || (size_t)n >= sizeof plug - plen) {
+                plug[plen] = '\0';
+                break;
+            }
+            plen += (size_t)n;
+        }
+    }
+    size_t cap = 512 + plen + (extra_headers ? strlen(extra_headers) : 0) + (send_body ? body_len : 0);
     char *buf = malloc(cap);
     if (!buf) {
         gh__conn_abort(c);
@@ -105,10 +122,10 @@ void gh__respond(gh_req_t *r, int status, const char *content_type, const char *
                      "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
                      "X-Request-ID: %s\r\n"
-                     "%s%s\r\n",
+                     "%s%s%s\r\n",
                      status, gh__status_reason(status), content_type, body_len, r->request_id,
                      close ? "Connection: close\r\n" : (r->http10 ? "Connection: keep-alive\r\n" : ""),
-                     extra_headers ? extra_headers : "");
+                     extra_headers ? extra_headers : "", plug);
     if (n < 0 || (size_t)n >= cap) {
         free(buf);
         gh__conn_abort(c);

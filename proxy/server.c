@@ -11,6 +11,7 @@
 
 #include "conf/config.h"
 #include "proxy/health.h"
+#include "plugins/plugin.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 
@@ -37,6 +38,8 @@ void gh__snapshot_release(gh_snapshot_t *s)
         return;
     gh__health_stop(s);
     gh__upstream_fini(s);
+    if (s->plugins_created)
+        gh_plugins_destroy(s->cfg);
     gh_config_release(s->cfg);
     free(s);
 }
@@ -197,7 +200,21 @@ static void reload(gh_server_t *srv)
     for (size_t i = 0; i < errs.n; i++)
         gh_log_warn("%s", errs.lines[i]);
     gh_errors_free(&errs);
+    gh_errors_init(&errs);
+    if (gh_plugins_create(cfg, srv->snap->cfg, &errs) != 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            gh_log_error("reload failed: %s", errs.lines[i]);
+        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
+                 errs.n ? errs.lines[0] : "plugins could not be created");
+        gh_errors_free(&errs);
+        gh_config_release(cfg);
+        srv->reloads_failed++;
+        srv->last_reload_ok = false;
+        return;
+    }
+    gh_errors_free(&errs);
     if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
+        gh_plugins_destroy(cfg);
         gh_config_release(cfg);
         srv->reloads_failed++;
         srv->last_reload_ok = false;
@@ -210,6 +227,7 @@ static void reload(gh_server_t *srv)
     srv->last_reload_error[0] = '\0';
     gh_snapshot_t *old = srv->snap;
     srv->snap = gh__snapshot_new(srv, cfg);
+    srv->snap->plugins_created = true;
     gh_log_level = cfg->log_level;
     gh__health_start(srv->snap, srv->loop, old);
     gh__health_stop(old);
@@ -331,7 +349,18 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     }
     if (cfg->workers != 1)
         gh_log_warn("workers: %u is not supported yet; running one event loop", cfg->workers);
+    gh_errors_t perrs;
+    gh_errors_init(&perrs);
+    if (gh_plugins_create(cfg, NULL, &perrs) != 0) {
+        for (size_t i = 0; i < perrs.n; i++)
+            gh_log_error("%s", perrs.lines[i]);
+        gh_errors_free(&perrs);
+        gh_config_release(cfg);
+        return 1;
+    }
+    gh_errors_free(&perrs);
     srv->snap = gh__snapshot_new(srv, cfg);
+    srv->snap->plugins_created = true;
     srv->started_ms = (uint64_t)time(NULL) * 1000;
     if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
         gh__snapshot_release(srv->snap);

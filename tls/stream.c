@@ -343,6 +343,25 @@ static void handshake_failed(tls_stream_t *t, int status)
     fail_queue(t, status);
 }
 
+/* After SSL_peek failed with e: unless it only wants more input, the read
+ * side has ended (close_notify or an error) and the user is told. */
+static void read_failed(tls_stream_t *t, int e)
+{
+    if (e == SSL_ERROR_WANT_READ)
+        return;
+    int status = UV_EOF;
+    if (e != SSL_ERROR_ZERO_RETURN) {
+        char why[256];
+        set_error(t, "read failed: %s", gh__tls_errstr(why, sizeof(why), "protocol error"));
+        t->fatal = status = UV_EPROTO;
+    }
+    t->read_done = true;
+    uv_buf_t b = uv_buf_init(NULL, 0);
+    t->base.on_alloc(&t->base, CIPHER_IN_SIZE, &b);
+    if (!t->base.closing)
+        t->base.on_read(&t->base, status, &b);
+}
+
 /* Advances the handshake and hands plaintext to the user while it reads,
  * from t->in. Stops when the input is used up or the user stops. */
 static void pump(tls_stream_t *t)
@@ -365,8 +384,21 @@ static void pump(tls_stream_t *t)
         }
         if (!t->reading || t->read_done || t->pending_err)
             break;
-        if (t->inlen == 0 && SSL_pending(t->ssl) == 0)
-            break;
+        /* Asks for the user's buffer only when plaintext is there: records
+         * that carry none (tickets, key updates, a partial record) must not
+         * make the user allocate. SSL_peek decrypts the next record into
+         * OpenSSL's buffer, where SSL_read then finds it. */
+        if (SSL_pending(t->ssl) == 0) {
+            char probe;
+            size_t n = 0;
+            if (t->inlen == 0)
+                break;
+            ERR_clear_error();
+            if (SSL_peek_ex(t->ssl, &probe, 1, &n) != 1) {
+                read_failed(t, SSL_get_error(t->ssl, 0));
+                break;
+            }
+        }
         uv_buf_t b = uv_buf_init(NULL, 0);
         t->base.on_alloc(&t->base, CIPHER_IN_SIZE, &b);
         if (!b.base || !b.len) {
@@ -375,25 +407,12 @@ static void pump(tls_stream_t *t)
         }
         size_t got = 0;
         ERR_clear_error();
-        if (SSL_read_ex(t->ssl, b.base, b.len, &got) == 1) {
-            t->base.on_read(&t->base, (ssize_t)got, &b);
-            continue;
-        }
-        int e = SSL_get_error(t->ssl, 0);
-        if (e == SSL_ERROR_WANT_READ) {
-            t->base.on_read(&t->base, 0, &b);   /* gives the buffer back */
+        if (SSL_read_ex(t->ssl, b.base, b.len, &got) != 1) {
+            /* cannot happen with data pending; hand the buffer back */
+            t->base.on_read(&t->base, 0, &b);
             break;
         }
-        t->read_done = true;
-        if (e == SSL_ERROR_ZERO_RETURN) {
-            t->base.on_read(&t->base, UV_EOF, &b);
-            break;
-        }
-        char why[256];
-        set_error(t, "read failed: %s", gh__tls_errstr(why, sizeof(why), "protocol error"));
-        t->fatal = UV_EPROTO;
-        t->base.on_read(&t->base, UV_EPROTO, &b);
-        break;
+        t->base.on_read(&t->base, (ssize_t)got, &b);
     }
     /* Alerts, key update answers, session tickets. */
     if (t->out && !t->base.closing)

@@ -528,7 +528,7 @@ static void test_unsupported(void)
         NOT_YET(GH_FEAT_UPSTREAM_TLS, "unit/conf/unsupported_bad.yaml:11:5: tls on an upstream is not supported yet"),
         "unit/conf/unsupported_bad.yaml:11:20: expected true or false",
         NOT_YET(GH_FEAT_PLUGINS_SECTION, "unit/conf/unsupported_bad.yaml:12:1: the plugins section is not supported yet"),
-        "unit/conf/unsupported_bad.yaml:13:15: invalid plugin type 'api_keys' (did you mean 'api_key'?)",
+        "unit/conf/unsupported_bad.yaml:13:15: unknown plugin type 'api_keys' (did you mean 'api_key'?)",
         "unit/conf/unsupported_bad.yaml:14:7: missing 'type' in plugin 'p2'",
         "unit/conf/unsupported_bad.yaml:15:7: expected a mapping",
         NOT_YET(GH_FEAT_TUNNELS, "unit/conf/unsupported_bad.yaml:16:1: the tunnels section is not supported yet"),

@@ -42,7 +42,7 @@ static uv_loop_t *loop;
 
 /* ---- OpenSSL allocation accounting (installed before any OpenSSL call) ---- */
 
-static atomic_llong ossl_live;
+static atomic_llong ossl_live, ossl_count;
 
 static void *m_malloc(size_t n, const char *file, int line)
 {
@@ -53,6 +53,7 @@ static void *m_malloc(size_t n, const char *file, int line)
         return NULL;
     memcpy(p, &n, sizeof(n));
     atomic_fetch_add(&ossl_live, (long long)n);
+    atomic_fetch_add(&ossl_count, 1);
     return p + 16;
 }
 
@@ -66,6 +67,7 @@ static void m_free(void *q, const char *file, int line)
     size_t n;
     memcpy(&n, p, sizeof(n));
     atomic_fetch_sub(&ossl_live, (long long)n);
+    atomic_fetch_sub(&ossl_count, 1);
     free(p);
 }
 
@@ -1208,6 +1210,7 @@ static void test_memory(void)
     CHECK_INT(pipe(down), 0);
     settle();
     long long heap0 = heap_live(), ossl0 = atomic_load(&ossl_live);
+    long long count0 = atomic_load(&ossl_count);
     pid_t pid = fork();
     if (pid == 0) {
         close(up[0]);
@@ -1228,14 +1231,21 @@ static void test_memory(void)
     for (int i = 0; i < 20; i++)
         uv_run(loop, UV_RUN_NOWAIT);
     long long heap1 = heap_live(), ossl1 = atomic_load(&ossl_live);
+    long long count1 = atomic_load(&ossl_count);
     CHECK_INT(live_econns, MEM_CONNS);
+    /* heap_live also sees the 16-byte headers our OpenSSL hooks add */
     long long per_ossl = (ossl1 - ossl0) / MEM_CONNS;
-    long long per_heap = (heap1 - heap0) / MEM_CONNS - (long long)sizeof(econn_t);
-    printf("memory per idle TLS connection (server side, %d connections): "
-           "%lld bytes in all, of which OpenSSL %lld (the test's own %zu-byte "
-           "connection struct not counted)\n",
-           MEM_CONNS, per_heap, per_ossl, sizeof(econn_t));
-    CHECK(per_heap > 0 && per_heap < 8192);
+    long long per_heap = (heap1 - heap0 - 16 * (count1 - count0)) / MEM_CONNS -
+                         (long long)sizeof(econn_t);
+    long long ours = per_heap - per_ossl;
+    printf("memory per idle TLS connection (server side, %d connections): %lld bytes: "
+           "OpenSSL %lld (SSL_new alone is ~8.4 kB in 3.0), tls/ and libuv %lld\n",
+           MEM_CONNS, per_heap, per_ossl, ours);
+    /* OpenSSL 3.0 puts the floor near 13 kB (see the report); what this
+     * guards is that no record buffer (16 kB+) stays behind and that our
+     * own part stays small. */
+    CHECK(per_heap > 0 && per_heap < 16384);
+    CHECK(ours < 1024);
     if (write(down[1], "x", 1) != 1)
         CHECK(0);
     int st = 0;
