@@ -551,9 +551,9 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
     r->body_remaining = h->has_content_length ? h->content_length : 0;
     if (r->body_chunked) {
         static const char chunked_head[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
-        c->parser.data = r;
-        if (llhttp_execute(&c->parser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
+        llhttp_init(&r->qparser, HTTP_REQUEST, &req_settings);
+        r->qparser.data = r;
+        if (llhttp_execute(&r->qparser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
             c->off += head_len;
             r->resp_close = true;
             gh__respond_error(r, 500);

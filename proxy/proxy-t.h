@@ -73,7 +73,6 @@ struct gh_uconn {
     gh_uconn_t *prev, *next;/* pool links while idle */
     char *buf;
     size_t len;
-    llhttp_t parser;
     gh_write_req_t wreq;
     unsigned requests;      /* exchanges done on this connection */
 };
@@ -121,10 +120,8 @@ struct gh_conn {
     char peer_ip[48];
     char *buf;              /* read buffer, GH_BUF_SIZE or more */
     size_t cap, off, len;   /* unconsumed bytes are buf[off..len) */
-    llhttp_t parser;
     gh_req_t *req;
     gh_write_req_t wreq;    /* response bytes */
-    gh_write_req_t wreq_aux;/* 100 Continue */
     unsigned nrequests;
     bool reading;
     bool peer_eof;          /* client half-closed */
@@ -215,6 +212,9 @@ struct gh_req {
     unsigned npiov;
     char *rhead;            /* response head as sent to the client */
     size_t rhead_len;
+
+    /* chunked bodies only: the request's and the response's decoders */
+    llhttp_t qparser, pparser;
 
     /* plugins of the route, when it has any */
     struct gh_preq *preq;

@@ -94,8 +94,8 @@ void gh__proxy_start(gh_req_t *r)
 
 static void continue_written(gh_write_req_t *w, int status)
 {
-    (void)w;
     (void)status; /* a failure shows up on the next write or read */
+    free(w);
 }
 
 static void uc_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf);
@@ -125,10 +125,12 @@ static void uc_ready(gh_req_t *r, gh_uconn_t *uc, int status)
         return;
     }
     if (r->expect_continue && r->has_body && !r->req_body_done && c->off == c->len) {
+        /* its own request object: it may outlive this request */
+        gh_write_req_t *w = malloc(sizeof *w);
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof continue_100 - 1);
-        c->wreq_aux.data = c;
         r->expect_continue = false;
-        gh_stream_write(c->stream, &c->wreq_aux, &b, 1, continue_written);
+        if (w && gh_stream_write(c->stream, w, &b, 1, continue_written) != 0)
+            free(w);
     }
     pump_request(r);
     if (c->req == r)
@@ -208,10 +210,10 @@ static void pump_request(gh_req_t *r)
             if (r->body_remaining == 0)
                 r->req_body_done = true;
         } else {
-            llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+            llhttp_errno_t e = llhttp_execute(&r->qparser, start, avail);
             if (e == HPE_PAUSED) {
-                used = (size_t)(llhttp_get_error_pos(&c->parser) - start);
-                llhttp_resume(&c->parser);
+                used = (size_t)(llhttp_get_error_pos(&r->qparser) - start);
+                llhttp_resume(&r->qparser);
             } else if (e != HPE_OK) {
                 c->off = c->len;
                 r->resp_close = true;
@@ -456,9 +458,9 @@ static void process_response(gh_req_t *r)
         } else if (rh->chunked) {
             static const char chunked_head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
             r->resp_body = GH_BODY_CHUNKED;
-            llhttp_init(&uc->parser, HTTP_RESPONSE, &resp_settings);
-            uc->parser.data = r;
-            if (llhttp_execute(&uc->parser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
+            llhttp_init(&r->pparser, HTTP_RESPONSE, &resp_settings);
+            r->pparser.data = r;
+            if (llhttp_execute(&r->pparser, chunked_head, sizeof chunked_head - 1) != HPE_OK) {
                 fail(r, 500);
                 return;
             }
@@ -484,10 +486,10 @@ static void process_response(gh_req_t *r)
         size_t avail = uc->len - r->uc_consumed;
         size_t used = avail;
         if (r->resp_body == GH_BODY_CHUNKED) {
-            llhttp_errno_t e = llhttp_execute(&uc->parser, start, avail);
+            llhttp_errno_t e = llhttp_execute(&r->pparser, start, avail);
             if (e == HPE_PAUSED) {
-                used = (size_t)(llhttp_get_error_pos(&uc->parser) - start);
-                llhttp_resume(&uc->parser);
+                used = (size_t)(llhttp_get_error_pos(&r->pparser) - start);
+                llhttp_resume(&r->pparser);
             } else if (e != HPE_OK) {
                 gh_log_warn("request %s: malformed chunked body from upstream: %s", r->request_id,
                             llhttp_errno_name(e));

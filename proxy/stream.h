@@ -69,8 +69,7 @@ typedef struct gh_tcp_stream {
     gh_stream_t base;
     uv_tcp_t tcp;
     uv_shutdown_t shutdown_req;
-    uv_connect_t connect_req;
-    gh_connect_cb on_connect;
+    gh_connect_cb on_connect;   /* the uv_connect_t is allocated per connect */
 } gh_tcp_stream_t;
 
 /* Initialises s on loop; the caller then accepts into s->tcp or connects. */

@@ -1,5 +1,6 @@
 /* The plain TCP carrier of gh_stream_t. */
 #include <stddef.h>
+#include <stdlib.h>
 #include "proxy/stream.h"
 
 #define TCP_OF(s) ((gh_tcp_stream_t *)(s))
@@ -89,13 +90,22 @@ int gh_tcp_stream_init(gh_tcp_stream_t *s, uv_loop_t *loop)
 static void tcp_connected(uv_connect_t *req, int status)
 {
     gh_tcp_stream_t *t = req->data;
+    free(req);
     t->on_connect(&t->base, status);
 }
 
+/* The connect request lives only while connecting, so accepted streams
+ * (most of them) do not carry one. */
 int gh_tcp_stream_connect(gh_tcp_stream_t *s, const struct sockaddr *addr, gh_connect_cb cb)
 {
+    uv_connect_t *req = malloc(sizeof *req);
+    if (!req)
+        return UV_ENOMEM;
     s->on_connect = cb;
-    s->connect_req.data = s;
+    req->data = s;
     uv_tcp_nodelay(&s->tcp, 1);
-    return uv_tcp_connect(&s->connect_req, &s->tcp, addr, tcp_connected);
+    int rc = uv_tcp_connect(req, &s->tcp, addr, tcp_connected);
+    if (rc != 0)
+        free(req);
+    return rc;
 }

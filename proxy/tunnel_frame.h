@@ -31,6 +31,11 @@
 #define GH_TF_MAX_STREAM_ID 0x7fffffffu
 #define GH_TF_EINVAL (-1)
 
+/* Windows every stream and every connection start with; only WINDOW frames
+ * change them (docs/tunnel-protocol.md, "Flow control"). */
+#define GH_TF_INITIAL_STREAM_WINDOW (256u * 1024)
+#define GH_TF_INITIAL_CONN_WINDOW (32u * 1024 * 1024)
+
 enum gh_tf_type {
     GH_TF_DATA = 0,
     GH_TF_OPEN = 1,

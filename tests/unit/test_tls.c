@@ -237,12 +237,15 @@ typedef struct listener {
     int port;
     char sni[128], version[32], alpn[32], error[256];
     int nconns;
+    int lazy_ms;                /* stop reading at once, start again later */
+    int hs_while_stopped;       /* the handshake finished meanwhile */
 } listener_t;
 
 typedef struct econn {
     gh_tcp_stream_t tcp;
     gh_stream_t *s;
     listener_t *l;
+    uv_timer_t lazy;
     size_t inflight;
     bool eof, paused, first;
 } econn_t;
@@ -255,14 +258,28 @@ typedef struct ewrite {
 
 static int live_econns;
 
+static void e_lazy_closed(uv_handle_t *h)
+{
+    econn_t *c = h->data;
+    live_econns--;
+    free(c);
+}
+
 static void e_closed(gh_stream_t *s)
 {
     econn_t *c = s->data;
     const char *err = gh_tls_stream_error(s);
     if (err)
         snprintf(c->l->error, sizeof(c->l->error), "%s", err);
-    live_econns--;
-    free(c);
+    uv_close((uv_handle_t *)&c->lazy, e_lazy_closed);
+}
+
+static void e_lazy(uv_timer_t *t)
+{
+    econn_t *c = t->data;
+    if (gh_tls_stream_version(c->s))
+        c->l->hs_while_stopped++;
+    gh_stream_read_start(c->s);
 }
 
 static void e_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
@@ -351,7 +368,14 @@ static void on_connection(uv_stream_t *server, int status)
     c->s->on_close = e_closed;
     live_econns++;
     l->nconns++;
+    uv_timer_init(loop, &c->lazy);
+    c->lazy.data = c;
     CHECK_INT(gh_stream_read_start(c->s), 0);
+    if (l->lazy_ms) {
+        /* the handshake must go on without the user reading */
+        CHECK_INT(gh_stream_read_stop(c->s), 0);
+        uv_timer_start(&c->lazy, e_lazy, (uint64_t)l->lazy_ms, 0);
+    }
 }
 
 static void listen_on(listener_t *l, gh_tls_server_t *tls)
@@ -381,6 +405,10 @@ typedef struct copts {
     bool shutdown_after;        /* shut down right after the writes */
     bool pause_reads;           /* stop reading after every read for 1 ms */
     bool close_at_once;         /* close right after writing */
+    bool read_after_write;      /* start reading when the writes are done */
+    const char *inject;         /* raw bytes under TLS once the echo is back */
+    size_t inject_len;
+    bool inject_shutdown;       /* and then a TCP half-close */
 } copts_t;
 
 typedef struct cres {
@@ -395,8 +423,11 @@ typedef struct cres {
     int writes, writes_done, writes_ok, first_write_err;
     char subject[128], version[32], alpn[32], error[256], cipher[64];
     int reused, infos;
+    int allocs, zero_reads;
     uv_timer_t pause;
     gh_write_req_t *reqs;
+    uv_write_t raw_w;
+    uv_shutdown_t raw_sd;
 } cres_t;
 
 static void c_pause_closed(uv_handle_t *h)
@@ -419,6 +450,7 @@ static void c_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
 {
     cres_t *r = s->data;
     (void)suggested;
+    r->allocs++;
     /* reads land in place; a small window makes SSL keep data back */
     size_t room = r->o->len + 65536 - r->got;
     buf->base = r->data + r->got;
@@ -449,12 +481,36 @@ static void c_resume(uv_timer_t *t)
         gh_stream_read_start(r->s);
 }
 
+static void c_raw_written(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+static void c_raw_shut(uv_shutdown_t *sd, int status)
+{
+    (void)sd;
+    (void)status;
+}
+
+/* Writes bytes that are not TLS records straight on the socket. */
+static void c_inject(cres_t *r)
+{
+    uv_buf_t b = uv_buf_init((char *)r->o->inject, (unsigned)r->o->inject_len);
+    uv_stream_t *tcp = (uv_stream_t *)&r->tcp.tcp;
+    uv_write(&r->raw_w, tcp, &b, 1, c_raw_written);
+    if (r->o->inject_shutdown)
+        uv_shutdown(&r->raw_sd, tcp, c_raw_shut);
+}
+
 static void c_read(gh_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     cres_t *r = s->data;
     (void)buf;
-    if (n == 0)
+    if (n == 0) {
+        r->zero_reads++;
         return;
+    }
     if (n > 0) {
         c_info(r);
         r->got += (size_t)n;
@@ -462,7 +518,9 @@ static void c_read(gh_stream_t *s, ssize_t n, const uv_buf_t *buf)
             gh_stream_read_stop(s);
             uv_timer_start(&r->pause, c_resume, 1, 0);
         }
-        if (r->got >= r->o->len && !r->o->shutdown_after)
+        if (r->got >= r->o->len && r->o->inject)
+            c_inject(r);
+        else if (r->got >= r->o->len && !r->o->shutdown_after)
             gh_stream_close(s);
         return;
     }
@@ -483,6 +541,9 @@ static void c_written(gh_write_req_t *req, int status)
         r->writes_ok++;
     else if (!r->first_write_err)
         r->first_write_err = status;
+    /* as the proxy does with upstreams: read once the request is out */
+    if (r->o->read_after_write && r->writes_done == r->writes && !r->s->closing)
+        CHECK_INT(gh_stream_read_start(r->s), 0);
 }
 
 static void c_connected(gh_stream_t *tcp, int status)
@@ -516,7 +577,8 @@ static void c_connected(gh_stream_t *tcp, int status)
     }
     if (o->shutdown_after)
         CHECK_INT(gh_stream_shutdown(r->s), 0);
-    CHECK_INT(gh_stream_read_start(r->s), 0);
+    if (!o->read_after_write)
+        CHECK_INT(gh_stream_read_start(r->s), 0);
 }
 
 static void c_tcp_closed(gh_stream_t *s)
@@ -858,6 +920,16 @@ static void test_sni_and_verify(void)
     fprintf(stderr, "  (message: %s)\n", r->error);
     cres_free(r);
 
+    /* the same for a caller that reads only after its write completed: the
+     * write fails, and the error is still there for the read */
+    o.read_after_write = true;
+    r = client_run(&o);
+    CHECK_INT(r->first_write_err, UV_EPROTO);
+    CHECK_INT(r->read_err, UV_EPROTO);
+    CHECK(strstr(r->error, "certificate verify failed: hostname mismatch") != NULL);
+    cres_free(r);
+    o.read_after_write = false;
+
     o.cli = cli_any;
     r = client_run(&o);
     CHECK_STR(r->subject, "default");
@@ -951,7 +1023,24 @@ static void test_big_echo(void)
     CHECK_INT(r->got, n);
     CHECK(r->got == n && memcmp(r->data, p, n) == 0);
     CHECK_INT(r->writes_ok, 1);
+    /* the user's buffer is asked for only when there is plaintext for it */
+    CHECK_INT(r->zero_reads, 0);
     cres_free(r);
+
+    /* a server that stops reading before the handshake: the handshake
+     * completes anyway, the request that came with it waits, and arrives
+     * when reading starts again */
+    lmain.lazy_ms = 100;
+    o.len = 5000;
+    o.read_after_write = true;
+    r = client_run(&o);
+    CHECK_INT(r->got, 5000);
+    CHECK(memcmp(r->data, p, 5000) == 0);
+    CHECK_INT(lmain.hs_while_stopped, 1);
+    cres_free(r);
+    lmain.lazy_ms = 0;
+    o.len = n;
+    o.read_after_write = false;
 
     /* many writes, a half-close after them, a reader that keeps stopping
      * with a small buffer (data kept back and delivered later), over 1.2
@@ -967,6 +1056,7 @@ static void test_big_echo(void)
         CHECK(r->eof);
         CHECK_INT(r->read_err, 0);
         CHECK_INT(r->writes_ok, r->writes);
+        CHECK_INT(r->zero_reads, 0);
         CHECK_STR(r->version, i ? "TLSv1.2" : "TLSv1.3");
         cres_free(r);
     }
@@ -981,6 +1071,33 @@ static void test_big_echo(void)
     CHECK(!r->write_cb_after_close);
     cres_free(r);
     settle();
+    free(p);
+}
+
+/* Broken records after the handshake: a fatal read error, and a
+ * connection that ends in the middle of a record. */
+static void test_bad_records(void)
+{
+    char *p = payload(100);
+    static const char bad[] = "\x17\x03\x03\x00\x20 these are not encrypted bytes!";
+    copts_t o = { .cli = cli_root, .port = lmain.port, .sni = "chat.example.test", .payload = p,
+                  .len = 100, .inject = bad, .inject_len = sizeof(bad) - 1 };
+    cres_t *r = client_run(&o);
+    CHECK_INT(r->got, 100);
+    cres_free(r);
+    settle();
+    CHECK(strncmp(lmain.error, "read failed: ", 13) == 0);
+    fprintf(stderr, "  (message: %s)\n", lmain.error);
+
+    static const char part[] = "\x17\x03\x03\x00\x40 half a record";
+    o.inject = part;
+    o.inject_len = sizeof(part) - 1;
+    o.inject_shutdown = true;
+    r = client_run(&o);
+    CHECK_INT(r->got, 100);
+    cres_free(r);
+    settle();
+    CHECK_STR(lmain.error, "connection closed in the middle of a TLS record");
     free(p);
 }
 
@@ -1297,6 +1414,7 @@ int main(void)
     test_sni_and_verify();
     test_versions();
     test_big_echo();
+    test_bad_records();
     test_resumption();
     test_garbage();
     test_s_client();
