@@ -126,6 +126,7 @@ typedef struct gh_tunnel_conf {
     char *name;
     char *token_hash;       /* "sha256:<64 hex>" */
     uint8_t token_sha256[32];
+    uint64_t heartbeat_ms;  /* default 10s; a dead link is found within 3 */
     gh_loc_t loc;
 } gh_tunnel_conf_t;
 
@@ -136,6 +137,8 @@ typedef struct gh_service_conf {
 
 typedef struct gh_connect_conf {
     char *edge;             /* URL */
+    gh_server_conf_t edge_server;   /* the URL taken apart */
+    uint64_t heartbeat_ms;  /* default 10s */
     char *tunnel;
     char *token_file;
     char *ca;

@@ -31,7 +31,7 @@ static int parse_sha256(const char *s, uint8_t out[32])
 
 void gh__decode_tunnels(gh__decoder_t *d, const gh_node_t *key, const gh_node_t *v)
 {
-    static const char *const keys[] = { "token_hash", NULL };
+    static const char *const keys[] = { "token_hash", "heartbeat", NULL };
     gh__feature(d, GH_FEAT_TUNNELS, key);
     if (gh_node_is_null(v) || gh_node_expect(d->errs, v, GH_NODE_MAP) < 0)
         return;
@@ -45,6 +45,7 @@ void gh__decode_tunnels(gh__decoder_t *d, const gh_node_t *key, const gh_node_t 
         gh_tunnel_conf_t *t = &c->tunnels[c->ntunnels++];
         t->name = k->str;
         t->loc = k->loc;
+        t->heartbeat_ms = 10000;
         if (!gh__valid_name(k->str))
             gh_node_error(d->errs, k,
                           "invalid tunnel name '%s' (letters, digits, '-', '_' and '.' only)",
@@ -62,6 +63,8 @@ void gh__decode_tunnels(gh__decoder_t *d, const gh_node_t *key, const gh_node_t 
             else
                 t->token_hash = (char *)s;
         }
+        if ((n = gh_node_get(m, "heartbeat")))
+            gh_node_duration(d->errs, n, &t->heartbeat_ms);
     }
 }
 
@@ -97,21 +100,28 @@ static void decode_services(gh__decoder_t *d, const gh_node_t *v, gh_connect_con
 static void decode_one_connect(gh__decoder_t *d, const gh_node_t *m)
 {
     static const char *const keys[] = { "edge", "tunnel", "token_file", "ca",
-                                        "connections", "services", NULL };
+                                        "connections", "services", "heartbeat", NULL };
     gh_config_t *c = d->cfg;
     if (!gh__map(d, m, keys, "connect"))
         return;
     gh_connect_conf_t *cc = &c->connects[c->nconnects++];
     cc->loc = m->loc;
     cc->connections = 2;
+    cc->heartbeat_ms = 10000;
 
     const gh_node_t *n;
     const char *s;
     gh_server_conf_t edge;
     if (!(n = gh_node_get(m, "edge")))
         gh_node_error(d->errs, m, "missing 'edge' in connect");
-    else if (gh__parse_server(d, n, false, &edge) == 0)
+    else if (gh__parse_server(d, n, false, &edge) == 0) {
         cc->edge = edge.url;
+        cc->edge_server = edge;
+        if (edge.scheme == GH_SCHEME_TUNNEL)
+            gh_node_error(d->errs, n, "edge must be an http:// or https:// URL");
+    }
+    if ((n = gh_node_get(m, "heartbeat")))
+        gh_node_duration(d->errs, n, &cc->heartbeat_ms);
 
     if (!(n = gh_node_get(m, "tunnel")))
         gh_node_error(d->errs, m, "missing 'tunnel' in connect");

@@ -16,6 +16,8 @@
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
 #include "proxy/proxyproto.h"
+#include "proxy/tunnel_edge.h"
+#include "proxy/tunnel_session.h"
 #include "routes/router.h"
 
 #define LINGER_MS 2000
@@ -95,10 +97,51 @@ static void req_free(gh_req_t *r)
     free(r);
 }
 
+void gh__free_write_req(gh_write_req_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
+gh_stream_t *gh__conn_detach(gh_conn_t *c)
+{
+    gh_req_t *r = c->req;
+    if (r) {
+        r->phase = GH_R_DONE;
+        gh__accesslog_write(r);
+        gh_metrics_request(r);
+        req_free(r);
+        c->req = NULL;
+    }
+    c->state = GH_C_TUNNEL;
+    if (c->reading) {
+        gh_stream_read_stop(c->stream);
+        c->reading = false;
+    }
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+    return c->stream;
+}
+
+void gh__conn_detach_done(gh_conn_t *c)
+{
+    free(c->buf);
+    c->buf = NULL;
+    c->cap = c->off = c->len = 0;
+}
+
 void gh__conn_abort(gh_conn_t *c)
 {
     if (c->state == GH_C_CLOSING)
         return;
+    if (c->state == GH_C_TUNNEL) {
+        c->state = GH_C_CLOSING;
+        if (c->tsess)
+            gh_tsession_close(c->tsess); /* closes the stream */
+        else
+            gh_stream_close(c->stream);
+        return;
+    }
     c->state = GH_C_CLOSING;
     if (c->req) {
         if (c->req->phase != GH_R_DONE && c->req->status == 0)
@@ -574,6 +617,12 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         c->off += head_len;
         r->resp_close = true;
         gh__respond_error(r, 405);
+        return;
+    }
+
+    if (gh__tunnel_is_upgrade(r)) {
+        c->off += head_len;
+        gh__tunnel_accept(r);
         return;
     }
 

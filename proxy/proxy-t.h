@@ -21,6 +21,9 @@ typedef struct gh_uconn gh_uconn_t;
 typedef struct gh_conn gh_conn_t;
 typedef struct gh_req gh_req_t;
 typedef struct gh_listener gh_listener_t;
+typedef struct gh_tunnel_rt gh_tunnel_rt_t;
+struct gh_tsession;
+struct gh_connector;
 
 /* Read buffers: heads must fit whole, bodies move through in pieces. */
 #define GH_BUF_SIZE (64 * 1024)
@@ -81,6 +84,7 @@ enum gh_conn_state {
     GH_C_PROXY,             /* waiting for a PROXY protocol header */
     GH_C_HEAD,              /* waiting for (more of) a request head */
     GH_C_REQUEST,           /* a request is being handled */
+    GH_C_TUNNEL,            /* a connector's tunnel session owns the stream */
     GH_C_CLOSING,
 };
 
@@ -126,6 +130,7 @@ struct gh_conn {
     bool reading;
     bool peer_eof;          /* client half-closed */
     gh_conn_t *prev, *next; /* server->conns */
+    struct gh_tsession *tsess;  /* GH_C_TUNNEL */
 };
 
 enum gh_req_phase {
@@ -238,6 +243,9 @@ struct gh_server {
     uv_prepare_t flush;     /* flushes the access log once per loop turn */
     bool stopping;
     int exit_code;
+    gh_tunnel_rt_t *tunnels;        /* connector sessions, by tunnel name */
+    struct gh_connector **connectors;   /* this process dialing out */
+    size_t nconnectors;
     uint64_t reloads_ok, reloads_failed;
     uint64_t started_ms;    /* wall clock at start, for /status */
     uint64_t last_reload_ms;/* wall clock of the last reload attempt */

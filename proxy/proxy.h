@@ -24,6 +24,13 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d);
 /* Re-evaluates whether the client should be read now. */
 void gh__conn_update_read(gh_conn_t *c);
 void gh__conn_close_idle(gh_conn_t *c);
+/* Ends HTTP on c (its request is logged and freed, its timer closed) and
+ * returns its stream for a tunnel session; the read buffer stays until
+ * gh__conn_detach_done. */
+gh_stream_t *gh__conn_detach(gh_conn_t *c);
+void gh__conn_detach_done(gh_conn_t *c);
+/* A write callback that frees its malloc'd request. */
+void gh__free_write_req(gh_write_req_t *w, int status);
 
 /* respond.c: answers made by gatehouse itself. */
 void gh__respond_error(gh_req_t *r, int status);

@@ -14,6 +14,7 @@
 #include "plugins/plugin.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
+#include "proxy/tunnel_edge.h"
 
 gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg)
 {
@@ -223,6 +224,8 @@ static void reload(gh_server_t *srv)
         gh_log_error("reload failed: keeping the running configuration");
         return;
     }
+    gh__connectors_apply(srv, cfg);
+    gh__tunnels_reconcile(srv, cfg);
     srv->last_reload_ok = true;
     srv->last_reload_error[0] = '\0';
     gh_snapshot_t *old = srv->snap;
@@ -281,6 +284,8 @@ static void begin_stop(gh_server_t *srv)
     }
     srv->stopping = true;
     gh_log_info("stopping: %u connection(s) to finish", srv->nconns);
+    gh__connectors_stop(srv);
+    gh__tunnels_close(srv);
     for (gh_listener_t *l = srv->listeners, *n; l; l = n) {
         n = l->next;
         listener_close(l);
@@ -387,10 +392,12 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_prepare_start(&srv->flush, on_prepare);
     uv_unref((uv_handle_t *)&srv->flush);
     gh__health_start(srv->snap, srv->loop, NULL);
+    gh__connectors_apply(srv, cfg);
     gh_log_info("gatehouse %s started with %s", GH_VERSION, config_path);
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
     gh__accesslog_flush();
+    gh__tunnels_free(srv);
     if (pid_file) {
         unlink(pid_file);
         free(pid_file);

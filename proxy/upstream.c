@@ -5,6 +5,7 @@
 
 #include "proxy/log.h"
 #include "proxy/proxy.h"
+#include "proxy/tunnel_edge.h"
 
 /* A server that refuses connections is skipped for a while, growing with
  * each consecutive failure, so one dead container does not cost every
@@ -21,6 +22,7 @@ struct gh_gai {
 };
 
 static void uconn_connect(gh_req_t *r, gh_upserver_t *srv, gh_uconn_ready_cb cb);
+static void uconn_closed(gh_stream_t *s);
 
 void gh__upstream_init(gh_snapshot_t *s)
 {
@@ -179,6 +181,31 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
         sv->nidle--;
         uc->next = uc->prev = NULL;
         gh_stream_read_stop(uc->stream);
+        uc->state = GH_UC_ACTIVE;
+        cb(r, uc, 0);
+        return 0;
+    }
+    if (sv->conf->scheme == GH_SCHEME_TUNNEL) {
+        /* A stream over a connector's session: there at once, or not at
+         * all (no connector attached: 502 without waiting). */
+        gh_stream_t *st = gh__tunnel_open(r->conn->server, sv->conf->host, sv->conf->service);
+        if (!st) {
+            sv->active--;
+            r->srv = NULL;
+            gh_log_warn("upstream %s: tunnel %s has no connector attached", r->up->conf->name,
+                        sv->conf->host);
+            return -502;
+        }
+        gh_uconn_t *uc = calloc(1, sizeof *uc);
+        if (!uc) {
+            gh_stream_close(st);
+            return -502;
+        }
+        uc->srv = sv;
+        uc->req = r;
+        uc->stream = st;
+        st->data = uc;
+        st->on_close = uconn_closed;
         uc->state = GH_UC_ACTIVE;
         cb(r, uc, 0);
         return 0;

@@ -1,0 +1,279 @@
+/* The edge side of the tunnel: connectors attach by upgrading a request on
+ * any listener (docs/tunnel-protocol.md), their sessions are kept per
+ * tunnel name across reloads, and `tunnel://NAME/SERVICE` upstreams open
+ * streams on them, the connection with the fewest open streams first. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "proxy/connector.h"
+#include "proxy/log.h"
+#include "proxy/proxy.h"
+#include "proxy/tunnel_edge.h"
+#include "proxy/tunnel_session.h"
+
+struct gh_tunnel_rt {
+    gh_tunnel_rt_t *next;
+    char *name;
+    gh_tsession_t **sess;
+    size_t n, cap;
+    unsigned long long attached;    /* sessions ever attached */
+};
+
+typedef struct attached {
+    gh_server_t *srv;
+    gh_tunnel_rt_t *t;
+    gh_conn_t *conn;
+} attached_t;
+
+static gh_tunnel_rt_t *find(gh_server_t *srv, const char *name, bool create)
+{
+    for (gh_tunnel_rt_t *t = srv->tunnels; t; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    if (!create)
+        return NULL;
+    gh_tunnel_rt_t *t = calloc(1, sizeof *t);
+    if (!t || !(t->name = strdup(name))) {
+        free(t);
+        return NULL;
+    }
+    t->next = srv->tunnels;
+    srv->tunnels = t;
+    return t;
+}
+
+static void detach(gh_tunnel_rt_t *t, gh_tsession_t *s)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->sess[i] == s) {
+            t->sess[i] = t->sess[--t->n];
+            return;
+        }
+    }
+}
+
+static void session_closed(gh_tsession_t *s, int reason, void *data)
+{
+    attached_t *a = data;
+    detach(a->t, s);
+    gh_log_warn("tunnel %s: a connector connection ended: %s (%zu left)", a->t->name,
+                reason ? uv_strerror(reason) : "go-away", a->t->n);
+    a->conn->tsess = NULL;
+    free(a);
+}
+
+static const char *header(const gh_h1_head_t *h, const char *lc, size_t *len)
+{
+    size_t n = strlen(lc);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (gh_h1_name_is(&h->headers[i], lc, n)) {
+            *len = h->headers[i].value_len;
+            return h->headers[i].value;
+        }
+    }
+    return NULL;
+}
+
+bool gh__tunnel_is_upgrade(const gh_req_t *r)
+{
+    size_t n;
+    const char *u = header(&r->head, "upgrade", &n);
+    return r->upgrade && u && n == sizeof GH_TUNNEL_UPGRADE - 1 &&
+           strncasecmp(u, GH_TUNNEL_UPGRADE, n) == 0 && strcmp(r->path, GH_TUNNEL_PATH) == 0;
+}
+
+static void deny(gh_req_t *r, const char *why)
+{
+    gh_log_warn("tunnel upgrade from %s refused: %s", r->client_ip, why);
+    r->resp_close = true;
+    gh__respond(r, 401, "application/json",
+                "WWW-Authenticate: Bearer realm=\"gatehouse-tunnel\"\r\n",
+                "{\"error\":\"unauthorized\"}\n", 24);
+}
+
+void gh__tunnel_accept(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    gh_server_t *srv = c->server;
+    const gh_config_t *cfg = r->snap->cfg;
+    size_t nlen = 0, alen = 0;
+    const char *name = header(&r->head, "gatehouse-tunnel", &nlen);
+    const char *auth = header(&r->head, "authorization", &alen);
+
+    const gh_tunnel_conf_t *tc = NULL;
+    for (size_t i = 0; name && i < cfg->ntunnels; i++)
+        if (strlen(cfg->tunnels[i].name) == nlen && memcmp(cfg->tunnels[i].name, name, nlen) == 0)
+            tc = &cfg->tunnels[i];
+
+    /* The token is hashed and compared in constant time even for an
+     * unknown tunnel, so timing tells nothing about either. */
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    static const unsigned char nothing[32];
+    const char *tok = "";
+    size_t toklen = 0;
+    if (auth && alen > 7 && strncasecmp(auth, "Bearer ", 7) == 0) {
+        tok = auth + 7;
+        toklen = alen - 7;
+    }
+    EVP_Digest(tok, toklen, md, &mdlen, EVP_sha256(), NULL);
+    bool ok = CRYPTO_memcmp(md, tc ? tc->token_sha256 : nothing, 32) == 0 && tc && toklen > 0;
+    if (!ok) {
+        deny(r, !name ? "no Gatehouse-Tunnel header" : !tc ? "unknown tunnel" : "wrong token");
+        return;
+    }
+
+    gh_tunnel_rt_t *t = find(srv, tc->name, true);
+    attached_t *a = calloc(1, sizeof *a);
+    if (!t || !a || (t->n == t->cap && !(t->sess = realloc(t->sess, (t->cap = t->cap ? 2 * t->cap : 4) * sizeof *t->sess)))) {
+        free(a);
+        gh__respond_error(r, 500);
+        return;
+    }
+    a->srv = srv;
+    a->t = t;
+    a->conn = c;
+
+    static const char answer[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                                 "Upgrade: " GH_TUNNEL_UPGRADE "\r\n"
+                                 "Connection: Upgrade\r\n\r\n";
+    r->status = 101;
+    r->bytes_out = sizeof answer - 1;
+    /* the connection stops being HTTP: what follows the head is the session's */
+    const char *pending = c->buf + c->off;
+    size_t npending = c->len - c->off;
+    gh_stream_t *link = gh__conn_detach(c);
+    gh_write_req_t *w = malloc(sizeof *w);
+    uv_buf_t b = uv_buf_init((char *)answer, sizeof answer - 1);
+    if (!w || gh_stream_write(link, w, &b, 1, gh__free_write_req) != 0) {
+        free(w);
+        free(a);
+        gh__conn_abort(c);
+        return;
+    }
+    static const gh_tsession_cbs_t cbs = { .on_stream = NULL, .on_close = session_closed };
+    gh_tsession_t *s = gh_tsession_new(srv->loop, link, pending, npending, true,
+                                       tc->heartbeat_ms, &cbs, a);
+    gh__conn_detach_done(c);
+    if (!s) {
+        free(a);
+        gh__conn_abort(c);
+        return;
+    }
+    c->tsess = s;
+    t->sess[t->n++] = s;
+    t->attached++;
+    gh_log_info("tunnel %s: connector attached from %s (%zu connection(s))", t->name,
+                c->peer_ip, t->n);
+}
+
+gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *service)
+{
+    gh_tunnel_rt_t *t = find(srv, tunnel, false);
+    if (!t)
+        return NULL;
+    gh_tsession_t *best = NULL;
+    unsigned fewest = ~0u;
+    for (size_t i = 0; i < t->n; i++) {
+        if (!gh_tsession_can_open(t->sess[i]))
+            continue;
+        unsigned k = gh_tsession_nstreams(t->sess[i]);
+        if (k < fewest) {
+            fewest = k;
+            best = t->sess[i];
+        }
+    }
+    return best ? gh_tsession_open(best, service) : NULL;
+}
+
+void gh__tunnel_counts(gh_server_t *srv, const char *tunnel, unsigned *conns, unsigned *streams)
+{
+    *conns = *streams = 0;
+    gh_tunnel_rt_t *t = find(srv, tunnel, false);
+    if (!t)
+        return;
+    *conns = (unsigned)t->n;
+    for (size_t i = 0; i < t->n; i++)
+        *streams += gh_tsession_nstreams(t->sess[i]);
+}
+
+void gh__tunnels_close(gh_server_t *srv)
+{
+    for (gh_tunnel_rt_t *t = srv->tunnels; t; t = t->next)
+        while (t->n > 0)
+            gh_tsession_close(t->sess[t->n - 1]); /* its on_close detaches it */
+}
+
+void gh__tunnels_free(gh_server_t *srv)
+{
+    while (srv->tunnels) {
+        gh_tunnel_rt_t *t = srv->tunnels;
+        srv->tunnels = t->next;
+        free(t->sess);
+        free(t->name);
+        free(t);
+    }
+}
+
+/* Tunnels a reload removed: their connectors are told to go away. */
+void gh__tunnels_reconcile(gh_server_t *srv, const gh_config_t *cfg)
+{
+    for (gh_tunnel_rt_t *t = srv->tunnels; t; t = t->next) {
+        bool kept = false;
+        for (size_t i = 0; i < cfg->ntunnels; i++)
+            if (strcmp(cfg->tunnels[i].name, t->name) == 0)
+                kept = true;
+        if (!kept)
+            for (size_t i = 0; i < t->n; i++)
+                gh_tsession_goaway(t->sess[i]);
+    }
+}
+
+/* ---- connectors of this process ---- */
+
+void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
+{
+    size_t want = 0;
+    for (size_t i = 0; i < cfg->nconnects; i++)
+        want += cfg->connects[i].connections;
+    gh_connector_t **next = calloc(want ? want : 1, sizeof *next);
+    if (!next)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < cfg->nconnects; i++) {
+        const gh_connect_conf_t *cc = &cfg->connects[i];
+        for (unsigned j = 0; j < cc->connections; j++) {
+            char *key = gh__connector_key(cc, j);
+            gh_connector_t *found = NULL;
+            for (size_t m = 0; key && m < srv->nconnectors; m++) {
+                if (srv->connectors[m] && strcmp(gh_connector_key(srv->connectors[m]), key) == 0) {
+                    found = srv->connectors[m];
+                    srv->connectors[m] = NULL;
+                    break;
+                }
+            }
+            free(key);
+            next[k] = found ? found : gh_connector_start(srv->loop, cc, j);
+            if (next[k])
+                k++;
+        }
+    }
+    for (size_t m = 0; m < srv->nconnectors; m++)
+        if (srv->connectors[m])
+            gh_connector_stop(srv->connectors[m]);
+    free(srv->connectors);
+    srv->connectors = next;
+    srv->nconnectors = k;
+}
+
+void gh__connectors_stop(gh_server_t *srv)
+{
+    for (size_t m = 0; m < srv->nconnectors; m++)
+        gh_connector_stop(srv->connectors[m]);
+    free(srv->connectors);
+    srv->connectors = NULL;
+    srv->nconnectors = 0;
+}
