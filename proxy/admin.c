@@ -13,6 +13,8 @@
 #include <time.h>
 
 #include "proxy/admin.h"
+#include "proxy/connector.h"
+#include "proxy/tunnel_edge.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
 
@@ -159,20 +161,37 @@ static void json_upstreams(gh_obuf_t *b, const gh_server_t *srv)
     gh_obuf_puts(b, "]");
 }
 
-static void json_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
+/* How many of the connections of a connect entry are up. */
+static unsigned connectors_up(const gh_server_t *srv, const gh_connect_conf_t *cc)
 {
-    /* no tunnel runtime yet: nothing can be connected */
+    unsigned up = 0;
+    for (unsigned j = 0; j < cc->connections; j++) {
+        char *key = gh__connector_key(cc, j);
+        for (size_t m = 0; key && m < srv->nconnectors; m++)
+            if (strcmp(gh_connector_key(srv->connectors[m]), key) == 0 &&
+                gh_connector_up(srv->connectors[m]))
+                up++;
+        free(key);
+    }
+    return up;
+}
+
+static void json_tunnels_plugins(gh_obuf_t *b, const gh_server_t *srv, const gh_config_t *cfg)
+{
     gh_obuf_puts(b, ",\"tunnels\":[");
     for (size_t i = 0; i < cfg->ntunnels; i++) {
-        gh_obuf_printf(b, "%s{\"connections\":0,\"streams\":0", i ? "," : "");
+        unsigned conns, streams;
+        gh__tunnel_counts(srv, cfg->tunnels[i].name, &conns, &streams);
+        gh_obuf_printf(b, "%s{\"connections\":%u,\"streams\":%u", i ? "," : "", conns, streams);
         jstr(b, "name", cfg->tunnels[i].name);
-        jstr(b, "state", "offline");
+        jstr(b, "state", conns ? "online" : "offline");
         gh_obuf_puts(b, "}");
     }
     gh_obuf_puts(b, "],\"connectors\":[");
     for (size_t i = 0; i < cfg->nconnects; i++) {
         const gh_connect_conf_t *cc = &cfg->connects[i];
-        gh_obuf_printf(b, "%s{\"connections\":%u,\"connected\":0", i ? "," : "", cc->connections);
+        gh_obuf_printf(b, "%s{\"connections\":%u,\"connected\":%u", i ? "," : "", cc->connections,
+                       connectors_up(srv, cc));
         jstr(b, "edge", cc->edge);
         jstr(b, "tunnel", cc->tunnel);
         gh_obuf_puts(b, ",\"services\":[");
@@ -224,7 +243,7 @@ static void render_json(gh_obuf_t *b, const gh_server_t *srv)
     gh_obuf_puts(b, "}");
     json_routes(b, cfg);
     json_upstreams(b, srv);
-    json_tunnels_plugins(b, cfg);
+    json_tunnels_plugins(b, srv, cfg);
     gh_obuf_printf(b, ",\"reloads\":{\"ok\":%llu,\"error\":%llu},\"last_reload\":{\"ok\":%s",
                    ull(srv->reloads_ok), ull(srv->reloads_failed),
                    !srv->last_reload_ms || srv->last_reload_ok ? "true" : "false");
@@ -345,7 +364,7 @@ static void html_upstreams(gh_obuf_t *b, const gh_server_t *srv)
     gh_obuf_puts(b, "</table>\n");
 }
 
-static void html_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
+static void html_tunnels_plugins(gh_obuf_t *b, const gh_server_t *srv, const gh_config_t *cfg)
 {
     if (cfg->ntunnels) {
         gh_obuf_puts(b, "<h2>Tunnels</h2><table><tr><th>Tunnel</th><th>State</th>"
@@ -353,8 +372,11 @@ static void html_tunnels_plugins(gh_obuf_t *b, const gh_config_t *cfg)
         for (size_t i = 0; i < cfg->ntunnels; i++) {
             gh_obuf_puts(b, "<tr><td>");
             h(b, cfg->tunnels[i].name);
-            gh_obuf_puts(b, "</td><td><span class=\"st off\">offline</span></td>"
-                            "<td class=\"n\">0</td><td class=\"n\">0</td></tr>\n");
+            unsigned conns, streams;
+            gh__tunnel_counts(srv, cfg->tunnels[i].name, &conns, &streams);
+            gh_obuf_printf(b, "</td><td><span class=\"st %s\">%s</span></td>"
+                              "<td class=\"n\">%u</td><td class=\"n\">%u</td></tr>\n",
+                           conns ? "up" : "off", conns ? "online" : "offline", conns, streams);
         }
         gh_obuf_puts(b, "</table>\n");
     }
@@ -469,7 +491,7 @@ static void render_html(gh_obuf_t *b, const gh_server_t *srv)
     html_summary(b, srv);
     html_routes(b, srv->snap->cfg);
     html_upstreams(b, srv);
-    html_tunnels_plugins(b, srv->snap->cfg);
+    html_tunnels_plugins(b, srv, srv->snap->cfg);
     html_limits(b, srv);
     gh_obuf_puts(b, "<p class=\"muted\">Also: <a href=\"/status.json\">status.json</a>, "
                     "<a href=\"/metrics\">metrics</a>, <a href=\"/healthz\">healthz</a>.</p>"

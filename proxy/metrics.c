@@ -13,6 +13,7 @@
 
 #include "plugins/plugin.h"
 #include "proxy/metrics.h"
+#include "proxy/tunnel_edge.h"
 
 /* Upper bounds in seconds. Long-lived streams (SSE, LLM answers) are the
  * reason for the buckets past 10 s. The label text is kept as written so the
@@ -630,20 +631,23 @@ static void render_server(gh_obuf_t *b, const gh_server_t *srv)
     gh_obuf_printf(b, "gatehouse_config_last_reload_successful %d\n",
                    srv->last_reload_ms && !srv->last_reload_ok ? 0 : 1);
 
-    /* No tunnel runtime yet (proxy/ has no edge side): every configured
-     * tunnel is exported with 0 so dashboards and alerts can be written
-     * against the final series now. */
+    /* Every configured tunnel is exported, connected or not, so an alert
+     * on 0 connections works. */
     family(b, "gatehouse_tunnel_connections", "gauge", "Connector connections open per tunnel.");
     for (size_t i = 0; i < cfg->ntunnels; i++) {
+        unsigned conns, streams;
+        gh__tunnel_counts(srv, cfg->tunnels[i].name, &conns, &streams);
         gh_obuf_puts(b, "gatehouse_tunnel_connections{tunnel=\"");
         gh_obuf_esc(b, cfg->tunnels[i].name, GH_ESC_PROM_LABEL);
-        gh_obuf_puts(b, "\"} 0\n");
+        gh_obuf_printf(b, "\"} %u\n", conns);
     }
     family(b, "gatehouse_tunnel_streams", "gauge", "Streams open per tunnel.");
     for (size_t i = 0; i < cfg->ntunnels; i++) {
+        unsigned conns, streams;
+        gh__tunnel_counts(srv, cfg->tunnels[i].name, &conns, &streams);
         gh_obuf_puts(b, "gatehouse_tunnel_streams{tunnel=\"");
         gh_obuf_esc(b, cfg->tunnels[i].name, GH_ESC_PROM_LABEL);
-        gh_obuf_puts(b, "\"} 0\n");
+        gh_obuf_printf(b, "\"} %u\n", streams);
     }
 }
 

@@ -189,10 +189,13 @@ gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *s
     return best ? gh_tsession_open(best, service) : NULL;
 }
 
-void gh__tunnel_counts(gh_server_t *srv, const char *tunnel, unsigned *conns, unsigned *streams)
+void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *conns,
+                       unsigned *streams)
 {
     *conns = *streams = 0;
-    gh_tunnel_rt_t *t = find(srv, tunnel, false);
+    const gh_tunnel_rt_t *t = srv->tunnels;
+    while (t && strcmp(t->name, tunnel) != 0)
+        t = t->next;
     if (!t)
         return;
     *conns = (unsigned)t->n;

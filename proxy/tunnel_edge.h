@@ -14,7 +14,7 @@ void gh__tunnel_accept(gh_req_t *r);
 /* Opens a stream to SERVICE over the least busy session of TUNNEL; NULL when
  * no connector is attached. */
 gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *service);
-void gh__tunnel_counts(gh_server_t *srv, const char *tunnel, unsigned *conns, unsigned *streams);
+void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *conns, unsigned *streams);
 void gh__tunnels_reconcile(gh_server_t *srv, const gh_config_t *cfg);
 void gh__tunnels_close(gh_server_t *srv);
 void gh__tunnels_free(gh_server_t *srv);
