@@ -26,15 +26,15 @@ static const struct {
     const char *what;
     bool supported;
 } features[GH_FEAT_COUNT] = {
-    [GH_FEAT_LISTEN_TLS]      = { "tls on a listener", false },
+    [GH_FEAT_LISTEN_TLS]      = { "tls on a listener", true },
     [GH_FEAT_PROXY_PROTOCOL]  = { "proxy_protocol", true },
-    [GH_FEAT_TLS_SECTION]     = { "the tls section", false },
+    [GH_FEAT_TLS_SECTION]     = { "the tls section", true },
     [GH_FEAT_ADMIN]           = { "the admin section", true },
     [GH_FEAT_TUNNELS]         = { "the tunnels section", true },
     [GH_FEAT_CONNECT]         = { "the connect section", true },
     [GH_FEAT_TUNNEL_UPSTREAM] = { "a tunnel:// upstream", true },
-    [GH_FEAT_HTTPS_SERVER]    = { "an https:// server", false },
-    [GH_FEAT_UPSTREAM_TLS]    = { "tls on an upstream", false },
+    [GH_FEAT_HTTPS_SERVER]    = { "an https:// server", true },
+    [GH_FEAT_UPSTREAM_TLS]    = { "tls on an upstream", true },
     [GH_FEAT_HEALTH_CHECK]    = { "health_check", true },
     [GH_FEAT_PLUGINS_SECTION] = { "the plugins section", true },
     [GH_FEAT_ROUTE_PLUGINS]   = { "plugins on a route", true },

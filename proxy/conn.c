@@ -18,6 +18,7 @@
 #include "proxy/proxyproto.h"
 #include "proxy/tunnel_edge.h"
 #include "proxy/tunnel_session.h"
+#include "tls/tls.h"
 #include "routes/router.h"
 
 #define LINGER_MS 2000
@@ -634,9 +635,17 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         return;
     }
 
-    /* Plain-HTTP listeners that only redirect to https, except for ACME
-     * HTTP-01 challenges, which must stay reachable over http. */
-    if (c->redirect_https && strncmp(r->path, "/.well-known/acme-challenge/", 28) != 0) {
+    /* ACME HTTP-01 challenges must stay reachable over plain http. */
+    bool acme = strncmp(r->path, "/.well-known/acme-challenge/", 28) == 0;
+    if (acme && cfg->tls.acme_webroot && !c->tls) {
+        c->off += head_len;
+        if (r->has_body)
+            r->resp_close = true;
+        gh__respond_acme(r);
+        return;
+    }
+    /* Plain-HTTP listeners that only redirect to https. */
+    if (c->redirect_https && !acme) {
         c->off += head_len;
         if (r->has_body)
             r->resp_close = true;
@@ -838,6 +847,16 @@ void gh__conn_accept(gh_listener_t *l)
     uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&c->peer, &plen);
     set_peer_ip(c);
     uv_tcp_nodelay(&c->s.tcp, 1);
+    if (c->tls) {
+        /* From here on the connection speaks through TLS; the TLS stream
+         * starts with the callbacks set on the TCP one above. */
+        gh_stream_t *t = srv->snap->tls ? gh_tls_stream_server(srv->snap->tls, &c->s) : NULL;
+        if (!t) {
+            gh__conn_abort(c);
+            return;
+        }
+        c->stream = t;
+    }
     if (l->conf && l->conf->proxy_protocol)
         c->state = GH_C_PROXY;
     c->listener = NULL; /* not to be read after accept */

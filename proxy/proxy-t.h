@@ -36,6 +36,7 @@ struct gh_snapshot {
     gh_config_t *cfg;
     gh_upstream_t *ups;     /* one per cfg->upstreams[i] */
     bool plugins_created;   /* gh_plugins_create ran for cfg */
+    struct gh_tls_server *tls;  /* certificates of this config, if any */
 };
 
 struct gh_upserver {
@@ -60,6 +61,7 @@ struct gh_upserver {
 
 struct gh_upstream {
     const gh_upstream_conf_t *conf;
+    struct gh_tls_client *tls;  /* for https:// servers */
     gh_upserver_t *servers;
     size_t n;
     unsigned rr;

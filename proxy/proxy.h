@@ -38,6 +38,7 @@ void gh__respond(gh_req_t *r, int status, const char *content_type,
                  const char *extra_headers, const char *body, size_t body_len);
 void gh__respond_redirect(gh_req_t *r, const char *location, int status);
 void gh__respond_route(gh_req_t *r);     /* respond: / redirect: actions */
+void gh__respond_acme(gh_req_t *r);      /* ACME HTTP-01 challenges from tls.acme_webroot */
 const char *gh__status_reason(int status);
 
 /* proxy.c: forwarding a request to an upstream and the response back. */

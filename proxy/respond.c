@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "plugins/plugin.h"
 #include "proxy/log.h"
@@ -255,4 +257,39 @@ void gh__respond_route(gh_req_t *r)
     gh__respond(r, rt->respond_status ? rt->respond_status : 200,
                 rt->respond_content_type ? rt->respond_content_type : "text/plain; charset=utf-8",
                 NULL, rt->respond_body ? rt->respond_body : "", rt->respond_body_len);
+}
+
+/* Serves /.well-known/acme-challenge/TOKEN from tls.acme_webroot, so
+ * `certbot --webroot` can renew certificates while gatehouse runs. Tokens
+ * are base64url (RFC 8555 section 8.3): anything else is 404, which also
+ * keeps the request inside the directory. */
+void gh__respond_acme(gh_req_t *r)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    const char *root = r->snap->cfg->tls.acme_webroot;
+    const char *tok = r->path + sizeof prefix - 1;
+    size_t n = strlen(tok);
+    bool ok = root && n > 0 && n <= 128;
+    for (size_t i = 0; ok && i < n; i++) {
+        char ch = tok[i];
+        ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+             ch == '-' || ch == '_';
+    }
+    char path[4096], body[4096];
+    ssize_t len = -1;
+    if (ok && (size_t)snprintf(path, sizeof path, "%s/.well-known/acme-challenge/%s", root, tok) <
+                  sizeof path) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0 && (size_t)snprintf(path, sizeof path, "%s/%s", root, tok) < sizeof path)
+            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0) {
+            len = read(fd, body, sizeof body);
+            close(fd);
+        }
+    }
+    if (len < 0) {
+        gh__respond_error(r, 404);
+        return;
+    }
+    gh__respond(r, 200, "text/plain", NULL, body, (size_t)len);
 }

@@ -15,6 +15,7 @@
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 #include "proxy/tunnel_edge.h"
+#include "tls/tls.h"
 
 gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg)
 {
@@ -41,6 +42,8 @@ void gh__snapshot_release(gh_snapshot_t *s)
     gh__upstream_fini(s);
     if (s->plugins_created)
         gh_plugins_destroy(s->cfg);
+    if (s->tls)
+        gh_tls_server_free(s->tls); /* connections still open keep their own reference */
     gh_config_release(s->cfg);
     free(s);
 }
@@ -201,12 +204,14 @@ static void reload(gh_server_t *srv)
     for (size_t i = 0; i < errs.n; i++)
         gh_log_warn("%s", errs.lines[i]);
     gh_errors_free(&errs);
+    /* Certificates are read from disk again: a renewed one is served from now on. */
+    gh_tls_server_t *tls = NULL;
     gh_errors_init(&errs);
-    if (gh_plugins_create(cfg, srv->snap->cfg, &errs) != 0) {
+    if (cfg->tls.ncerts && !(tls = gh_tls_server_new(cfg, &errs))) {
         for (size_t i = 0; i < errs.n; i++)
             gh_log_error("reload failed: %s", errs.lines[i]);
         snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
-                 errs.n ? errs.lines[0] : "plugins could not be created");
+                 errs.n ? errs.lines[0] : "certificates could not be loaded");
         gh_errors_free(&errs);
         gh_config_release(cfg);
         srv->reloads_failed++;
@@ -214,7 +219,24 @@ static void reload(gh_server_t *srv)
         return;
     }
     gh_errors_free(&errs);
+    gh_errors_init(&errs);
+    if (gh_plugins_create(cfg, srv->snap->cfg, &errs) != 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            gh_log_error("reload failed: %s", errs.lines[i]);
+        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
+                 errs.n ? errs.lines[0] : "plugins could not be created");
+        gh_errors_free(&errs);
+        if (tls)
+            gh_tls_server_free(tls);
+        gh_config_release(cfg);
+        srv->reloads_failed++;
+        srv->last_reload_ok = false;
+        return;
+    }
+    gh_errors_free(&errs);
     if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
+        if (tls)
+            gh_tls_server_free(tls);
         gh_plugins_destroy(cfg);
         gh_config_release(cfg);
         srv->reloads_failed++;
@@ -231,6 +253,7 @@ static void reload(gh_server_t *srv)
     gh_snapshot_t *old = srv->snap;
     srv->snap = gh__snapshot_new(srv, cfg);
     srv->snap->plugins_created = true;
+    srv->snap->tls = tls;
     gh_log_level = cfg->log_level;
     gh__health_start(srv->snap, srv->loop, old);
     gh__health_stop(old);
@@ -356,16 +379,31 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
         gh_log_warn("workers: %u is not supported yet; running one event loop", cfg->workers);
     gh_errors_t perrs;
     gh_errors_init(&perrs);
-    if (gh_plugins_create(cfg, NULL, &perrs) != 0) {
+    gh_tls_server_t *tls = NULL;
+    if (cfg->tls.ncerts && !(tls = gh_tls_server_new(cfg, &perrs))) {
         for (size_t i = 0; i < perrs.n; i++)
             gh_log_error("%s", perrs.lines[i]);
         gh_errors_free(&perrs);
         gh_config_release(cfg);
         return 1;
     }
+    for (size_t i = 0; i < perrs.n; i++)
+        gh_log_warn("%s", perrs.lines[i]);
+    gh_errors_free(&perrs);
+    gh_errors_init(&perrs);
+    if (gh_plugins_create(cfg, NULL, &perrs) != 0) {
+        for (size_t i = 0; i < perrs.n; i++)
+            gh_log_error("%s", perrs.lines[i]);
+        gh_errors_free(&perrs);
+        if (tls)
+            gh_tls_server_free(tls);
+        gh_config_release(cfg);
+        return 1;
+    }
     gh_errors_free(&perrs);
     srv->snap = gh__snapshot_new(srv, cfg);
     srv->snap->plugins_created = true;
+    srv->snap->tls = tls;
     srv->started_ms = (uint64_t)time(NULL) * 1000;
     if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
         gh__snapshot_release(srv->snap);

@@ -3,9 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/config.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 #include "proxy/tunnel_edge.h"
+#include "tls/tls.h"
 
 /* A server that refuses connections is skipped for a while, growing with
  * each consecutive failure, so one dead container does not cost every
@@ -33,6 +35,17 @@ void gh__upstream_init(gh_snapshot_t *s)
         u->conf = cfg->upstreams[i];
         u->n = u->conf->nservers;
         u->servers = calloc(u->n ? u->n : 1, sizeof *u->servers);
+        bool https = false;
+        for (size_t j = 0; j < u->n; j++)
+            https |= u->conf->servers[j].scheme == GH_SCHEME_HTTPS;
+        if (https) {
+            gh_errors_t errs;
+            gh_errors_init(&errs);
+            u->tls = gh_tls_client_new_at(&u->conf->tls, &u->conf->loc, &errs);
+            for (size_t k = 0; k < errs.n; k++)
+                gh_log_error("upstream %s: %s", u->conf->name, errs.lines[k]);
+            gh_errors_free(&errs);
+        }
         for (size_t j = 0; j < u->n; j++) {
             gh_upserver_t *sv = &u->servers[j];
             sv->up = u;
@@ -65,6 +78,8 @@ void gh__upstream_fini(gh_snapshot_t *s)
             }
         }
         free(u->servers);
+        if (u->tls)
+            gh_tls_client_free(u->tls);
     }
     free(s->ups);
     s->ups = NULL;
@@ -311,6 +326,20 @@ static void connected(gh_stream_t *s, int status)
     }
     if (uc->srv)
         uc->srv->fails = 0;
+    if (uc->srv && uc->srv->conf->scheme == GH_SCHEME_HTTPS) {
+        const gh_upstream_conf_t *upc = uc->srv->up->conf;
+        const char *sni = upc->tls.sni ? upc->tls.sni : uc->srv->conf->host;
+        gh_stream_t *t = uc->srv->up->tls ? gh_tls_stream_client(uc->srv->up->tls, &uc->s, sni) : NULL;
+        if (!t) {
+            uc->req = NULL;
+            r->uc = NULL;
+            uc->state = GH_UC_CLOSED;
+            gh_stream_close(uc->stream);
+            cb(r, NULL, UV_EPROTO);
+            return;
+        }
+        uc->stream = t;
+    }
     uc->state = GH_UC_ACTIVE;
     cb(r, uc, 0);
 }

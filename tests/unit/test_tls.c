@@ -242,6 +242,7 @@ typedef struct listener {
 } listener_t;
 
 typedef struct econn {
+    struct econn *next, *prev;  /* all open ones, to close them at the end */
     gh_tcp_stream_t tcp;
     gh_stream_t *s;
     listener_t *l;
@@ -257,10 +258,17 @@ typedef struct ewrite {
 } ewrite_t;
 
 static int live_econns;
+static econn_t *econns;
 
 static void e_lazy_closed(uv_handle_t *h)
 {
     econn_t *c = h->data;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        econns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     live_econns--;
     free(c);
 }
@@ -367,6 +375,10 @@ static void on_connection(uv_stream_t *server, int status)
     c->s->on_read = e_read;
     c->s->on_close = e_closed;
     live_econns++;
+    c->next = econns;
+    if (econns)
+        econns->prev = c;
+    econns = c;
     l->nconns++;
     uv_timer_init(loop, &c->lazy);
     c->lazy.data = c;
@@ -1079,7 +1091,7 @@ static void test_big_echo(void)
 static void test_bad_records(void)
 {
     char *p = payload(100);
-    static const char bad[] = "\x17\x03\x03\x00\x20 these are not encrypted bytes!";
+    static const char bad[] = "\x17\x03\x03\x00\x20 these are not encrypted bytes!!";
     copts_t o = { .cli = cli_root, .port = lmain.port, .sni = "chat.example.test", .payload = p,
                   .len = 100, .inject = bad, .inject_len = sizeof(bad) - 1 };
     cres_t *r = client_run(&o);
@@ -1420,6 +1432,8 @@ int main(void)
     test_s_client();
     test_memory();
 
+    for (econn_t *c = econns; c; c = c->next)
+        gh_stream_close(c->s);      /* only after a failure: never hang */
     uv_close((uv_handle_t *)&lmain.tcp, NULL);
     uv_close((uv_handle_t *)&l13.tcp, NULL);
     uv_close((uv_handle_t *)&lself.tcp, NULL);
