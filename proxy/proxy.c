@@ -11,6 +11,7 @@
 
 #include "proxy/log.h"
 #include "proxy/proxy.h"
+#include "tls/tls.h"
 
 static int resp_on_body(llhttp_t *p, const char *at, size_t len);
 static int resp_on_message_complete(llhttp_t *p);
@@ -28,6 +29,17 @@ static void pump_request(gh_req_t *r);
 static void process_response(gh_req_t *r);
 static void tunnel_up(gh_req_t *r);
 static void tunnel_down(gh_req_t *r);
+
+/* Why an upstream connection failed, in words: TLS knows better than errno. */
+static const char *uc_why(const gh_uconn_t *uc, int status)
+{
+    if (uc && uc->srv && uc->srv->conf->scheme == GH_SCHEME_HTTPS) {
+        const char *e = gh_tls_stream_error(uc->stream);
+        if (e)
+            return e;
+    }
+    return uv_strerror(status);
+}
 
 static void touch(gh_req_t *r)
 {
@@ -173,7 +185,8 @@ static void upstream_written(gh_write_req_t *w, int status)
             acquire(r);
             return;
         }
-        gh_log_warn("request %s: write to upstream failed: %s", r->request_id, uv_strerror(status));
+        gh_log_warn("request %s: write to upstream %s failed: %s", r->request_id,
+                    uc->srv ? uc->srv->conf->authority : "?", uc_why(uc, status));
         fail(r, 502);
         return;
     }
@@ -542,8 +555,8 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
             acquire(r);
             return;
         }
-        gh_log_warn("request %s: upstream %s closed before responding",
-                    r->request_id, r->srv ? r->srv->conf->authority : "?");
+        gh_log_warn("request %s: upstream %s closed before responding: %s",
+                    r->request_id, r->srv ? r->srv->conf->authority : "?", uc_why(uc, (int)err));
         fail(r, 502);
         return;
     }

@@ -1,7 +1,7 @@
 /* The output side of a tunnel session: frames are written into chunks of a
  * few frames each, and each chunk is one write on the link. Control frames
  * go in at once; DATA is framed by pump(), round-robin over the streams
- * that have data and window, and only while less than LINK_HIGH bytes are
+ * that have data and window, and only while less than TUN_LINK_HIGH bytes are
  * on their way into the link, so a slow link holds back the streams (their
  * write callbacks wait) instead of growing a queue here. A write's callback
  * runs when the chunk holding its last byte has been written. */
@@ -11,7 +11,7 @@
 
 /* ---- streams with something to frame ---- */
 
-void gh__tun_ready_remove(tstream_t *st)
+void gh__tun_ready_remove(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
     if (!st->in_ready)
@@ -27,7 +27,7 @@ void gh__tun_ready_remove(tstream_t *st)
     st->in_ready = false;
 }
 
-void gh__tun_ready_add(tstream_t *st, bool front)
+void gh__tun_ready_add(gh__tstream_t *st, bool front)
 {
     gh_tsession_t *s = st->s;
     if (st->in_ready)
@@ -52,7 +52,7 @@ void gh__tun_ready_add(tstream_t *st, bool front)
     }
 }
 
-bool gh__tun_ready(const tstream_t *st)
+bool gh__tun_ready(const gh__tstream_t *st)
 {
     if (st->rst_done || st->tx_err || st->base.closing)
         return false;
@@ -63,9 +63,9 @@ bool gh__tun_ready(const tstream_t *st)
 
 /* ---- chunks ---- */
 
-static chunk_t *chunk_get(gh_tsession_t *s)
+static gh__chunk_t *chunk_get(gh_tsession_t *s)
 {
-    chunk_t *c = s->free_chunks;
+    gh__chunk_t *c = s->free_chunks;
     if (c) {
         s->free_chunks = c->next;
         s->nfree--;
@@ -82,9 +82,9 @@ static chunk_t *chunk_get(gh_tsession_t *s)
     return c;
 }
 
-static void chunk_put(gh_tsession_t *s, chunk_t *c)
+static void chunk_put(gh_tsession_t *s, gh__chunk_t *c)
 {
-    if (s->nfree < FREE_CHUNKS && !s->dead) {
+    if (s->nfree < TUN_FREE_CHUNKS && !s->dead) {
         c->next = s->free_chunks;
         s->free_chunks = c;
         s->nfree++;
@@ -95,7 +95,7 @@ static void chunk_put(gh_tsession_t *s, chunk_t *c)
 
 /* A chunk that never reaches the link (nothing in it but completions, or
  * the write failed) is completed from the idle callback. */
-static void orphan(gh_tsession_t *s, chunk_t *c, int status)
+static void orphan(gh_tsession_t *s, gh__chunk_t *c, int status)
 {
     c->status = status;
     c->len = 0;
@@ -106,16 +106,16 @@ static void orphan(gh_tsession_t *s, chunk_t *c, int status)
 }
 
 /* Runs the write callbacks of the writes whose last byte was in c. */
-void gh__tun_chunk_done(chunk_t *c, int status)
+void gh__tun_chunk_done(gh__chunk_t *c, int status)
 {
     gh_tsession_t *s = c->s;
-    wentry_t *w = c->done;
+    gh__wentry_t *w = c->done;
     s->chunks_out--;
     s->out_bytes -= c->len;
     chunk_put(s, c);
     while (w) {
-        wentry_t *next = w->next;
-        tstream_t *st = w->st;
+        gh__wentry_t *next = w->next;
+        gh__tstream_t *st = w->st;
         gh_write_req_t *req = w->req;
         free(w);
         st->inflight--;
@@ -128,13 +128,13 @@ void gh__tun_chunk_done(chunk_t *c, int status)
 
 static void chunk_written(gh_write_req_t *wr, int status)
 {
-    chunk_t *c = wr->data;
+    gh__chunk_t *c = wr->data;
     gh_tsession_t *s = c->s;
     gh__tun_chunk_done(c, status);
     if (status < 0 && !s->dead)
         gh__tun_end(s, status);
     if (!s->dead) {
-        if (s->link_paused && s->out_bytes <= LINK_HIGH && gh_stream_read_start(s->link) == 0)
+        if (s->link_paused && s->out_bytes <= TUN_LINK_HIGH && gh_stream_read_start(s->link) == 0)
             s->link_paused = false;
         gh__tun_pump(s);
         if (s->goaway_sent || s->goaway_recv)
@@ -145,7 +145,7 @@ static void chunk_written(gh_write_req_t *wr, int status)
 
 void gh__tun_flush(gh_tsession_t *s)
 {
-    chunk_t *c = s->cur;
+    gh__chunk_t *c = s->cur;
     if (!c)
         return;
     s->cur = NULL;
@@ -171,7 +171,7 @@ void gh__tun_flush(gh_tsession_t *s)
 /* Room for n more bytes at the end of the current chunk. */
 uint8_t *gh__tun_reserve(gh_tsession_t *s, size_t n)
 {
-    if (s->cur && CHUNK_CAP - s->cur->len < n)
+    if (s->cur && TUN_CHUNK_CAP - s->cur->len < n)
         gh__tun_flush(s);
     if (!s->cur && !(s->cur = chunk_get(s))) {
         gh__tun_fail_later(s, UV_ENOMEM);
@@ -194,7 +194,7 @@ void gh__tun_ctrl(gh_tsession_t *s, uint8_t type, uint8_t flags, uint32_t id, ui
 
 /* ---- framing ---- */
 
-void gh__tun_fin(tstream_t *st)
+void gh__tun_fin(gh__tstream_t *st)
 {
     gh__tun_ctrl(st->s, GH_TF_DATA, GH_TF_FLAG_FIN, st->id, 0);
     st->fin_sent = true;
@@ -203,10 +203,10 @@ void gh__tun_fin(tstream_t *st)
 /* Frames the next piece of st's queue: one DATA frame, a FIN, or the
  * completion of an empty write. Returns false when the connection window
  * (or memory) is what stops it. */
-static bool frame_one(tstream_t *st)
+static bool frame_one(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
-    wentry_t *w = st->wq;
+    gh__wentry_t *w = st->wq;
     if (!w) {
         if (st->fin_pending && !st->fin_sent)
             gh__tun_fin(st);
@@ -259,8 +259,8 @@ static bool frame_one(tstream_t *st)
  * callback, so it is safe anywhere. */
 void gh__tun_pump(gh_tsession_t *s)
 {
-    while (!s->dead && s->ready && s->out_bytes + (s->cur ? s->cur->len : 0) < LINK_HIGH) {
-        tstream_t *st = s->ready;
+    while (!s->dead && s->ready && s->out_bytes + (s->cur ? s->cur->len : 0) < TUN_LINK_HIGH) {
+        gh__tstream_t *st = s->ready;
         gh__tun_ready_remove(st);
         bool ok = frame_one(st);
         if (gh__tun_ready(st))

@@ -1,4 +1,7 @@
-/* Tunnel sessions and the tunnel stream carrier (docs/tunnel-protocol.md).
+/* Tunnel sessions (docs/tunnel-protocol.md): the session's life, its link,
+ * and the frames it receives. The output queue is in proxy/tunnel_out.c and
+ * the stream carrier in proxy/tunnel_stream.c; what follows holds for all
+ * three.
  *
  * Memory. What a stream receives and its owner has not read yet is copied
  * into blocks owned by the stream, and the peer can only send that much
@@ -7,7 +10,7 @@
  * costs at most its window, and the peer's other streams carry on, because
  * the connection window is given back on receipt (see conn_credit). What a
  * stream sends is not copied until it is framed, and framing stops while
- * LINK_HIGH bytes are on their way into the link, so the output side costs
+ * TUN_LINK_HIGH bytes are on their way into the link, so the output side costs
  * a few chunks per session whatever the streams do.
  *
  * Lifetimes. Streams and the session are only ever freed from the idle
@@ -44,7 +47,7 @@ void gh__tun_fail_later(gh_tsession_t *s, int err)
     gh__tun_schedule(s);
 }
 
-void gh__tun_work_add(tstream_t *st)
+void gh__tun_work_add(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
     if (st->in_work)
@@ -59,24 +62,24 @@ void gh__tun_work_add(tstream_t *st)
     gh__tun_schedule(s);
 }
 
-static tstream_t *table_find(const gh_tsession_t *s, uint32_t id)
+static gh__tstream_t *table_find(const gh_tsession_t *s, uint32_t id)
 {
-    for (tstream_t *st = s->tab[(id >> 1) & s->tabmask]; st; st = st->hnext)
+    for (gh__tstream_t *st = s->tab[(id >> 1) & s->tabmask]; st; st = st->hnext)
         if (st->id == id)
             return st;
     return NULL;
 }
 
-void gh__tun_table_add(gh_tsession_t *s, tstream_t *st)
+void gh__tun_table_add(gh_tsession_t *s, gh__tstream_t *st)
 {
     if (s->ntab > s->tabmask) {
         /* Grow; if that fails the chains just get longer. */
         size_t n = (s->tabmask + 1) * 2;
-        tstream_t **t = calloc(n, sizeof *t);
+        gh__tstream_t **t = calloc(n, sizeof *t);
         if (t) {
             for (size_t i = 0; i <= s->tabmask; i++) {
                 while (s->tab[i]) {
-                    tstream_t *x = s->tab[i];
+                    gh__tstream_t *x = s->tab[i];
                     s->tab[i] = x->hnext;
                     x->hnext = t[(x->id >> 1) & (n - 1)];
                     t[(x->id >> 1) & (n - 1)] = x;
@@ -87,7 +90,7 @@ void gh__tun_table_add(gh_tsession_t *s, tstream_t *st)
             s->tabmask = n - 1;
         }
     }
-    tstream_t **b = &s->tab[(st->id >> 1) & s->tabmask];
+    gh__tstream_t **b = &s->tab[(st->id >> 1) & s->tabmask];
     st->hnext = *b;
     *b = st;
     st->in_table = true;
@@ -96,10 +99,10 @@ void gh__tun_table_add(gh_tsession_t *s, tstream_t *st)
     s->rx_window_sum += st->rx_win;
 }
 
-void gh__tun_table_remove(tstream_t *st)
+void gh__tun_table_remove(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
-    tstream_t **p = &s->tab[(st->id >> 1) & s->tabmask];
+    gh__tstream_t **p = &s->tab[(st->id >> 1) & s->tabmask];
     while (*p != st)
         p = &(*p)->hnext;
     *p = st->hnext;
@@ -126,7 +129,7 @@ static int on_data(gh_tsession_t *s, const gh_tframe_t *f)
         return UV_EPROTO;
     s->rx_conn_avail -= f->value;
     s->rx_conn_unacked += f->value;
-    tstream_t *st = table_find(s, f->stream);
+    gh__tstream_t *st = table_find(s, f->stream);
     if (!st)
         return id_seen(s, f->stream) ? 0 : UV_EPROTO;
     if (st->rst_done)
@@ -151,11 +154,11 @@ static int on_open(gh_tsession_t *s, const gh_tframe_t *f)
     if ((id & 1) != (s->is_edge ? 0u : 1u) || id <= s->last_peer_id)
         return UV_EPROTO;
     s->last_peer_id = id;
-    if (s->goaway_sent || s->goaway_recv || !s->cbs.on_stream || s->npeer >= MAX_PEER_STREAMS) {
+    if (s->goaway_sent || s->goaway_recv || !s->cbs.on_stream || s->npeer >= TUN_MAX_PEER_STREAMS) {
         gh__tun_ctrl(s, GH_TF_RESET, 0, id, GH_TF_RESET_REFUSED);
         return 0;
     }
-    tstream_t *st = gh__tun_stream_new(s, id, (const char *)f->payload, f->value, true);
+    gh__tstream_t *st = gh__tun_stream_new(s, id, (const char *)f->payload, f->value, true);
     if (!st) {
         gh__tun_ctrl(s, GH_TF_RESET, 0, id, GH_TF_RESET_INTERNAL);
         return 0;
@@ -178,7 +181,7 @@ static int on_window(gh_tsession_t *s, const gh_tframe_t *f)
         s->tx_conn_win += f->value;
         return 0;
     }
-    tstream_t *st = table_find(s, f->stream);
+    gh__tstream_t *st = table_find(s, f->stream);
     if (!st)
         return id_seen(s, f->stream) ? 0 : UV_EPROTO;
     if (st->tx_win + f->value > GH_TF_MAX_WINDOW)
@@ -191,7 +194,7 @@ static int on_window(gh_tsession_t *s, const gh_tframe_t *f)
 
 static int on_reset(gh_tsession_t *s, const gh_tframe_t *f)
 {
-    tstream_t *st = table_find(s, f->stream);
+    gh__tstream_t *st = table_find(s, f->stream);
     if (!st)
         return id_seen(s, f->stream) ? 0 : UV_EPROTO;
     if (st->rst_done)
@@ -284,7 +287,7 @@ static void link_alloc(gh_stream_t *l, size_t suggested, uv_buf_t *buf)
 
 static bool all_finished(const gh_tsession_t *s)
 {
-    for (const tstream_t *st = s->all; st; st = st->next)
+    for (const gh__tstream_t *st = s->all; st; st = st->next)
         if (st->in_table && !st->rst_done && !(st->fin_sent && st->rx_fin))
             return false;
     return true;
@@ -305,7 +308,7 @@ static void link_read(gh_stream_t *l, ssize_t nread, const uv_buf_t *buf)
     s->inlen += (size_t)nread;
     s->last_rx_ms = uv_now(s->loop);
     parse_input(s);
-    if (!s->dead && !s->link_paused && s->out_bytes > LINK_HARD &&
+    if (!s->dead && !s->link_paused && s->out_bytes > TUN_LINK_HARD &&
         gh_stream_read_stop(s->link) == 0)
         s->link_paused = true;
 }
@@ -368,7 +371,7 @@ static void check_finish(gh_tsession_t *s)
         gh__tun_end(s, 0);
         return;
     }
-    uv_timer_start(&s->timer, timer_cb, s->hb_ms ? 3 * s->hb_ms : DRAIN_MS, 0);
+    uv_timer_start(&s->timer, timer_cb, s->hb_ms ? 3 * s->hb_ms : TUN_DRAIN_MS, 0);
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -381,14 +384,14 @@ static void idle_cb(uv_idle_t *h)
     if (s->fail_err && !s->dead)
         gh__tun_end(s, s->fail_err);
     while (s->orphans) {
-        chunk_t *c = s->orphans;
+        gh__chunk_t *c = s->orphans;
         s->orphans = c->next;
         gh__tun_chunk_done(c, c->status);
     }
-    tstream_t *list = s->work;
+    gh__tstream_t *list = s->work;
     s->work = s->work_tail = NULL;
     while (list) {
-        tstream_t *st = list;
+        gh__tstream_t *st = list;
         list = st->wnext;
         st->in_work = false;
         gh__tun_stream_work(st);
@@ -416,7 +419,7 @@ void gh__tun_end(gh_tsession_t *s, int reason)
     s->dead = true;
     uv_timer_stop(&s->timer);
     gh_stream_close(s->link);
-    for (tstream_t *st = s->all, *next; st; st = next) {
+    for (gh__tstream_t *st = s->all, *next; st; st = next) {
         next = st->next;
         if (st->base.closing)
             continue;
@@ -443,7 +446,7 @@ static void handle_closed(uv_handle_t *h)
     if (--s->handles > 0)
         return;
     while (s->free_chunks) {
-        chunk_t *c = s->free_chunks;
+        gh__chunk_t *c = s->free_chunks;
         s->free_chunks = c->next;
         free(c);
     }
@@ -470,7 +473,7 @@ gh_tsession_t *gh_tsession_new(uv_loop_t *loop, gh_stream_t *link, const char *p
     gh_tsession_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    s->incap = INBUF_CAP + npending;
+    s->incap = TUN_INBUF_CAP + npending;
     s->in = malloc(s->incap);
     s->tab = calloc(16, sizeof *s->tab);
     if (!s->in || !s->tab) {
@@ -530,7 +533,7 @@ gh_stream_t *gh_tsession_open(gh_tsession_t *s, const char *service)
     uint8_t *p = gh__tun_reserve(s, GH_TF_HEADER_LEN + len);
     if (!p)
         return NULL;
-    tstream_t *st = gh__tun_stream_new(s, s->next_id, service, len, false);
+    gh__tstream_t *st = gh__tun_stream_new(s, s->next_id, service, len, false);
     if (!st)
         return NULL;
     s->next_id += 2;

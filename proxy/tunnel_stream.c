@@ -12,10 +12,10 @@ static const gh_stream_ops_t tstream_ops;
 
 /* ---- receiving ---- */
 
-void gh__tun_rx_discard(tstream_t *st)
+void gh__tun_rx_discard(gh__tstream_t *st)
 {
     while (st->rxq) {
-        rx_block_t *b = st->rxq;
+        gh__rx_block_t *b = st->rxq;
         st->rxq = b->next;
         free(b);
     }
@@ -24,13 +24,13 @@ void gh__tun_rx_discard(tstream_t *st)
     st->rx_buffered = 0;
 }
 
-static bool rx_queue(tstream_t *st, const uint8_t *p, size_t n)
+static bool rx_queue(gh__tstream_t *st, const uint8_t *p, size_t n)
 {
     while (n) {
-        rx_block_t *b = st->rxq_tail;
+        gh__rx_block_t *b = st->rxq_tail;
         size_t room = b ? b->cap - b->off - b->len : 0;
         if (!room) {
-            size_t cap = n > RX_BLOCK ? n : RX_BLOCK;
+            size_t cap = n > TUN_RX_BLOCK ? n : TUN_RX_BLOCK;
             if (!(b = malloc(sizeof *b + cap)))
                 return false;
             b->next = NULL;
@@ -53,11 +53,11 @@ static bool rx_queue(tstream_t *st, const uint8_t *p, size_t n)
     return true;
 }
 
-static size_t rx_take(tstream_t *st, char *dst, size_t max)
+static size_t rx_take(gh__tstream_t *st, char *dst, size_t max)
 {
     size_t got = 0;
     while (got < max && st->rxq) {
-        rx_block_t *b = st->rxq;
+        gh__rx_block_t *b = st->rxq;
         size_t k = (size_t)gh__tun_min(b->len, max - got);
         memcpy(dst + got, b->data + b->off, k);
         got += k;
@@ -78,8 +78,8 @@ static size_t rx_take(tstream_t *st, char *dst, size_t max)
 
 /* Gives the peer back the window the owner has read, once half the window
  * is used, and grows the window when the reader keeps up with the link
- * (auto-tuning; see the top of the file). */
-static void stream_credit(tstream_t *st)
+ * (auto-tuning; see tunnel-int.h). */
+static void stream_credit(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
     if (s->dead || st->base.closing || st->rx_fin || st->rst_done || !st->in_table)
@@ -88,8 +88,8 @@ static void stream_credit(tstream_t *st)
         return;
     uint64_t now = uv_hrtime();
     uint64_t inc = st->rx_consumed;
-    if (s->srtt_ns && now - st->rx_epoch_ns < 2 * s->srtt_ns && st->rx_win < MAX_STREAM_WINDOW &&
-        s->rx_window_sum + st->rx_win <= RX_BUDGET) {
+    if (s->srtt_ns && now - st->rx_epoch_ns < 2 * s->srtt_ns && st->rx_win < TUN_MAX_STREAM_WINDOW &&
+        s->rx_window_sum + st->rx_win <= TUN_RX_BUDGET) {
         inc += st->rx_win;
         s->rx_window_sum += st->rx_win;
         st->rx_win *= 2;
@@ -103,18 +103,18 @@ static void stream_credit(tstream_t *st)
 /* The connection window only limits bytes in flight: it is credited as
  * frames are received, since per-stream windows already bound what is
  * buffered. Were it credited as owners read, a few stalled streams could
- * pin it and stall every stream. Only past RX_BUDGET buffered bytes (many
+ * pin it and stall every stream. Only past TUN_RX_BUDGET buffered bytes (many
  * stalled streams with big windows) is credit held back, as a last limit on
  * the memory of a session. */
 void gh__tun_conn_credit(gh_tsession_t *s)
 {
     if (s->dead)
         return;
-    uint64_t excess = s->rx_buffered_total > RX_BUDGET ? s->rx_buffered_total - RX_BUDGET : 0;
+    uint64_t excess = s->rx_buffered_total > TUN_RX_BUDGET ? s->rx_buffered_total - TUN_RX_BUDGET : 0;
     if (s->rx_conn_unacked <= excess)
         return;
     uint64_t give = s->rx_conn_unacked - excess;
-    if (give < CONN_UPDATE_MIN)
+    if (give < TUN_CONN_UPDATE_MIN)
         return;
     s->rx_conn_unacked -= give;
     s->rx_conn_avail += give;
@@ -124,7 +124,7 @@ void gh__tun_conn_credit(gh_tsession_t *s)
 /* Hands buffered bytes, then UV_EOF or the error, to a reading owner.
  * Never nested: a callback that ends the session from inside on_read gets
  * its stream's end from the loop that is already running (or later). */
-void gh__tun_deliver(tstream_t *st)
+void gh__tun_deliver(gh__tstream_t *st)
 {
     if (st->delivering)
         return;
@@ -132,11 +132,15 @@ void gh__tun_deliver(tstream_t *st)
     while (st->reading && !st->base.closing && !st->rx_done) {
         uv_buf_t b = uv_buf_init(NULL, 0);
         if (st->rxq) {
-            st->base.on_alloc(&st->base, (size_t)gh__tun_min(st->rx_buffered, READ_SUGGEST), &b);
+            st->base.on_alloc(&st->base, (size_t)gh__tun_min(st->rx_buffered, TUN_READ_SUGGEST), &b);
             if (st->base.closing)
                 break;
             if (!b.base || !b.len) {
+                /* As libuv does: tell, and try again on the next loop turn
+                 * while the owner still reads. */
                 st->base.on_read(&st->base, UV_ENOBUFS, &b);
+                if (st->reading && !st->base.closing)
+                    gh__tun_work_add(st);
                 break;
             }
             size_t n = rx_take(st, b.base, b.len);
@@ -146,7 +150,7 @@ void gh__tun_deliver(tstream_t *st)
         }
         if (st->rx_err) {
             st->rx_done = true;
-            st->base.on_alloc(&st->base, READ_SUGGEST, &b);
+            st->base.on_alloc(&st->base, TUN_READ_SUGGEST, &b);
             if (!st->base.closing)
                 st->base.on_read(&st->base, st->rx_err, &b);
         }
@@ -157,9 +161,9 @@ void gh__tun_deliver(tstream_t *st)
 
 /* A DATA payload for st: straight into the owner's buffer when it reads and
  * nothing is queued before it, else into the queue. */
-void gh__tun_rx_data(tstream_t *st, const uint8_t *p, size_t n)
+void gh__tun_rx_data(gh__tstream_t *st, const uint8_t *p, size_t n)
 {
-    bool direct = !st->delivering;
+    bool direct = !st->delivering, nobuf = false;
     st->delivering = true;
     while (direct && n && !st->rxq && st->reading && !st->base.closing && !st->rx_done) {
         uv_buf_t b = uv_buf_init(NULL, 0);
@@ -168,6 +172,7 @@ void gh__tun_rx_data(tstream_t *st, const uint8_t *p, size_t n)
             break;
         if (!b.base || !b.len) {
             st->base.on_read(&st->base, UV_ENOBUFS, &b);
+            nobuf = true;
             break;
         }
         size_t k = (size_t)gh__tun_min(n, b.len);
@@ -194,14 +199,18 @@ void gh__tun_rx_data(tstream_t *st, const uint8_t *p, size_t n)
     /* Bytes queued before these (a read_start not yet served, or a reader
      * that had no buffer) go first, and now rather than at the next
      * read_start. */
-    if (direct && st->rxq && st->reading)
-        gh__tun_deliver(st);
+    if (direct && st->rxq && st->reading && !st->base.closing) {
+        if (nobuf)
+            gh__tun_work_add(st);   /* retried on the next loop turn */
+        else
+            gh__tun_deliver(st);
+    }
     stream_credit(st);
 }
 
-void gh__tun_cancel_writes(tstream_t *st, int err)
+void gh__tun_cancel_writes(gh__tstream_t *st, int err)
 {
-    wentry_t *w;
+    gh__wentry_t *w;
     while ((w = st->wq)) {
         st->wq = w->next;
         if (!st->wq)
@@ -215,10 +224,10 @@ void gh__tun_cancel_writes(tstream_t *st, int err)
 
 /* ---- streams ---- */
 
-tstream_t *gh__tun_stream_new(gh_tsession_t *s, uint32_t id, const char *service, size_t len,
+gh__tstream_t *gh__tun_stream_new(gh_tsession_t *s, uint32_t id, const char *service, size_t len,
                              bool peer)
 {
-    tstream_t *st = calloc(1, sizeof *st + len + 1);
+    gh__tstream_t *st = calloc(1, sizeof *st + len + 1);
     if (!st)
         return NULL;
     memcpy(st->service, service, len);
@@ -241,7 +250,7 @@ tstream_t *gh__tun_stream_new(gh_tsession_t *s, uint32_t id, const char *service
 /* Closing by the owner (code CANCEL) or refusal (code REFUSED): the peer
  * is told unless the stream already finished both ways; the rest happens
  * in stream_work. */
-void gh__tun_stream_close(tstream_t *st, uint32_t code)
+void gh__tun_stream_close(gh__tstream_t *st, uint32_t code)
 {
     gh_tsession_t *s = st->s;
     gh__tun_ready_remove(st);
@@ -264,7 +273,7 @@ void gh__tun_stream_close(tstream_t *st, uint32_t code)
 
 /* Deferred: cancels queued writes, delivers what a reading owner has not
  * had yet, and frees a closed stream once its framed writes are done. */
-void gh__tun_stream_work(tstream_t *st)
+void gh__tun_stream_work(gh__tstream_t *st)
 {
     gh_tsession_t *s = st->s;
     if (st->base.closing) {
@@ -290,7 +299,7 @@ void gh__tun_stream_work(tstream_t *st)
 
 static int ts_read_start(gh_stream_t *b)
 {
-    tstream_t *st = (tstream_t *)b;
+    gh__tstream_t *st = (gh__tstream_t *)b;
     if (b->closing)
         return UV_EINVAL;
     st->reading = true;
@@ -301,19 +310,19 @@ static int ts_read_start(gh_stream_t *b)
 
 static int ts_read_stop(gh_stream_t *b)
 {
-    ((tstream_t *)b)->reading = false;
+    ((gh__tstream_t *)b)->reading = false;
     return 0;
 }
 
 static int ts_write(gh_stream_t *b, gh_write_req_t *req, const uv_buf_t *bufs, unsigned nbufs,
                     gh_write_cb cb)
 {
-    tstream_t *st = (tstream_t *)b;
+    gh__tstream_t *st = (gh__tstream_t *)b;
     if (b->closing || st->fin_pending)
         return UV_EPIPE;
     if (st->tx_err)
         return st->tx_err;
-    wentry_t *w = malloc(sizeof *w + nbufs * sizeof(uv_buf_t));
+    gh__wentry_t *w = malloc(sizeof *w + nbufs * sizeof(uv_buf_t));
     if (!w)
         return UV_ENOMEM;
     w->next = NULL;
@@ -340,9 +349,9 @@ static int ts_write(gh_stream_t *b, gh_write_req_t *req, const uv_buf_t *bufs, u
 
 static int ts_shutdown(gh_stream_t *b)
 {
-    tstream_t *st = (tstream_t *)b;
+    gh__tstream_t *st = (gh__tstream_t *)b;
     if (b->closing)
-        return UV_EPIPE;
+        return UV_ENOTCONN;
     if (st->tx_err)
         return st->tx_err;
     if (st->fin_pending)
@@ -358,12 +367,12 @@ static int ts_shutdown(gh_stream_t *b)
 
 static void ts_close(gh_stream_t *b)
 {
-    gh__tun_stream_close((tstream_t *)b, GH_TF_RESET_CANCEL);
+    gh__tun_stream_close((gh__tstream_t *)b, GH_TF_RESET_CANCEL);
 }
 
 static size_t ts_wqs(const gh_stream_t *b)
 {
-    return (size_t)((const tstream_t *)b)->tx_queued;
+    return (size_t)((const gh__tstream_t *)b)->tx_queued;
 }
 
 static const gh_stream_ops_t tstream_ops = {
@@ -377,7 +386,7 @@ static const gh_stream_ops_t tstream_ops = {
 
 void gh_tsession_stream_info(const gh_stream_t *b, gh_tstream_info_t *out)
 {
-    const tstream_t *st = (const tstream_t *)b;
+    const gh__tstream_t *st = (const gh__tstream_t *)b;
     out->id = st->id;
     out->service = st->service;
     out->rx_buffered = st->rx_buffered;

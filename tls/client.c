@@ -115,7 +115,8 @@ gh_tls_client_t *gh_tls_client_new_at(const gh_upstream_tls_conf_t *conf, const 
     SSL_CTX_set_verify(t->ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     /* Sessions go to our small cache keyed by peer name, not to OpenSSL's
      * (which is keyed by session id and useless for picking one). */
-    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_set_session_cache_mode(t->ctx,
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(t->ctx, new_session_cb);
     SSL_CTX_set_app_data(t->ctx, t);
     return t;

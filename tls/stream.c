@@ -45,15 +45,17 @@ static void describe_failure(gh__tls_stream_t *t)
         if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
             X509_VERIFY_PARAM *p = SSL_get0_param(t->ssl);
             const char *host = X509_VERIFY_PARAM_get0_host(p, 0);
-            gh__tls_set_error(t, "certificate verify failed: %s (the certificate does not cover %s)",
-                      X509_verify_cert_error_string(v), host ? host : "that address");
+            gh__tls_set_error(t,
+                              "certificate verify failed: %s (the certificate does not cover %s)",
+                              X509_verify_cert_error_string(v), host ? host : "that address");
         } else {
-            gh__tls_set_error(t, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+            gh__tls_set_error(t, "certificate verify failed: %s",
+                              X509_verify_cert_error_string(v));
         }
         return;
     }
     gh__tls_set_error(t, "handshake failed: %s",
-              gh__tls_errstr(why, sizeof(why), "connection broken"));
+                      gh__tls_errstr(why, sizeof(why), "connection broken"));
 }
 
 void gh__tls_handshake_failed(gh__tls_stream_t *t, int status)
@@ -75,7 +77,8 @@ static void read_failed(gh__tls_stream_t *t, int e)
     int status = UV_EOF;
     if (e != SSL_ERROR_ZERO_RETURN) {
         char why[256];
-        gh__tls_set_error(t, "read failed: %s", gh__tls_errstr(why, sizeof(why), "protocol error"));
+        gh__tls_set_error(t, "read failed: %s",
+                          gh__tls_errstr(why, sizeof(why), "protocol error"));
         t->fatal = status = UV_EPROTO;
     }
     t->read_done = true;
@@ -188,6 +191,13 @@ static int schedule_defer(gh__tls_stream_t *t)
     return uv_timer_start(t->defer, defer_cb, 0, 0);
 }
 
+/* Whether kept input should be worked on now: the handshake goes on
+ * whether the user reads or not, plaintext only goes to a reader. */
+static bool wants_input(const gh__tls_stream_t *t)
+{
+    return t->started && (t->reading || !t->hs_done);
+}
+
 static bool has_kept(const gh__tls_stream_t *t)
 {
     return t->saved || t->pending_err ||
@@ -201,7 +211,7 @@ static void after_input(gh__tls_stream_t *t)
     deliver_pending(t);
     if (t->base.closing)
         return;
-    if (t->reading && has_kept(t))
+    if (wants_input(t) && has_kept(t))
         schedule_defer(t);
     gh__tls_sync_inner(t);
 }
@@ -209,7 +219,7 @@ static void after_input(gh__tls_stream_t *t)
 static void defer_cb(uv_timer_t *h)
 {
     gh__tls_stream_t *t = h->data;
-    if (t->base.closing || !t->reading)
+    if (t->base.closing || !wants_input(t))
         return;
     if (t->saved) {
         t->in = t->saved + t->saved_off;
@@ -247,7 +257,8 @@ static void tcp_ended(gh__tls_stream_t *t, int status)
         if (status == UV_EOF)
             gh__tls_set_error(t, "connection closed during the handshake");
         else
-            gh__tls_set_error(t, "connection failed during the handshake: %s", uv_strerror(status));
+            gh__tls_set_error(t, "connection failed during the handshake: %s",
+                              uv_strerror(status));
         gh__tls_handshake_failed(t, status == UV_EOF ? UV_EPROTO : status);
         return;
     }

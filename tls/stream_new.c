@@ -71,6 +71,28 @@ gh_stream_t *gh_tls_stream_server(gh_tls_server_t *srv, gh_tcp_stream_t *tcp)
     return &t->base;
 }
 
+gh_stream_t *gh_tls_stream_server_prefixed(gh_tls_server_t *srv, gh_tcp_stream_t *tcp,
+                                           const void *head, size_t len)
+{
+    char *copy = NULL;
+    if (len && !(copy = malloc(len)))
+        return NULL;
+    gh_stream_t *s = gh_tls_stream_server(srv, tcp);
+    if (!s || !len) {
+        free(copy);
+        return s;
+    }
+    /* Taken as if it had just come from TCP and been kept back: read_start
+     * hands it to OpenSSL before TCP is read again. */
+    gh__tls_stream_t *t = (gh__tls_stream_t *)s;
+    memcpy(copy, head, len);
+    t->saved = copy;
+    t->saved_off = 0;
+    t->saved_len = len;
+    t->got_bytes = true;
+    return s;
+}
+
 static int is_ip_literal(const char *s)
 {
     unsigned char a[16];

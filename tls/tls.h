@@ -47,7 +47,13 @@ gh_tls_client_t *gh_tls_client_new_at(const gh_upstream_tls_conf_t *conf, const 
  * OpenSSL buffers (SSL_MODE_RELEASE_BUFFERS). */
 gh_stream_t *gh_tls_stream_server(gh_tls_server_t *t, gh_tcp_stream_t *tcp);
 gh_stream_t *gh_tls_stream_client(gh_tls_client_t *t, gh_tcp_stream_t *tcp, const char *sni);
-/* Details of the two above:
+/* As gh_tls_stream_server, for a connection whose first bytes were read
+ * before TLS began (a PROXY protocol header came first): head[0..len) is
+ * what followed the header in that read, and is handed to OpenSSL before
+ * anything tcp delivers later. Stop reading tcp before calling this. */
+gh_stream_t *gh_tls_stream_server_prefixed(gh_tls_server_t *t, gh_tcp_stream_t *tcp,
+                                           const void *head, size_t len);
+/* Details of the three above:
  * - The TLS stream starts with tcp's data, on_alloc, on_read and on_close;
  *   set the ones it should have after wrapping. Do not use tcp directly
  *   afterwards (only through the TLS stream). NULL (no memory) leaves tcp

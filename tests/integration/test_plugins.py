@@ -313,29 +313,35 @@ def test_api_key_bad_keys_file_on_reload_keeps_old_keys(gatehouse, aio, tmp_path
 # ---------------------------------------------------------------- rate_limit
 
 def flood(port, host, seconds, threads=4, headers=()):
-    """Every thread sends requests back to back on a keep-alive connection for
-    `seconds`. Returns the responses (status, headers-only HTTPResponse)."""
+    """Every thread sends requests back to back on its own keep-alive
+    connection until `seconds` after the first request of all was sent (the
+    connections are open before the clock starts). Returns the responses,
+    each with .sent and .received (time.monotonic())."""
     results, errors = [], []
     lock = threading.Lock()
     start = threading.Barrier(threads)
-    t_end = [None]
+    t0 = []
     raw = build_request("GET", "/echo", host=host, headers=headers)
 
     def worker():
         mine = []
         c = None
         try:
+            c = Conn(port, timeout=10)
             start.wait(10)
-            if t_end[0] is None:
-                t_end[0] = time.monotonic() + seconds
-            end = t_end[0]
             for _ in range(1000000):
-                if time.monotonic() >= end:
+                now = time.monotonic()
+                with lock:
+                    if not t0:
+                        t0.append(now)
+                if now >= t0[0] + seconds:
                     break
                 if c is None:
                     c = Conn(port, timeout=10)
+                    now = time.monotonic()
                 c.send(raw)
                 r = c.read_response()
+                r.sent, r.received = now, time.monotonic()
                 mine.append(r)
                 if (r.header("connection") or "").lower() == "close":
                     c.close()
@@ -374,8 +380,13 @@ def test_rate_limit_accuracy_10_per_s_burst_20(gatehouse, aio, workers):
     ok, limited = codes.count(200), codes.count(429)
     assert ok + limited == len(codes), f"unexpected statuses {set(codes)}"
     assert limited > 100, f"the flood was too slow to test anything ({len(codes)} requests)"
+    # What the client knows of when gatehouse saw the first and the last
+    # request, for the message.
+    lo = max(r.sent for r in results) - min(r.received for r in results)
+    hi = max(r.received for r in results) - min(r.sent for r in results)
     assert abs(ok - 50) <= 2, f"{ok} requests passed in 3 s (expected 20 + 30 = 50 +- 2), " \
-                              f"{limited} got 429"
+                              f"{limited} got 429; the flood lasted {lo:.3f} to {hi:.3f} s " \
+                              f"as gatehouse saw it"
     passed = [r for r in results if r.status == 200]
     refused = [r for r in results if r.status == 429]
     remaining = []

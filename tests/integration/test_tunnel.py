@@ -23,7 +23,7 @@ import pytest
 
 from harness import (Conn, Deadline, Truncated,
                      assert_error_json, binary_has_asan, build_request, free_port, request,
-                     to_yaml)
+                     to_yaml, wait_until)
 from pattern import MAX_SLICE, pattern, pattern_pieces, pattern_sha256
 from tunnel_util import (NetnsPair, NsBackend, Process, count, keygen, kill_hard, matching,
                          ns_curl, wait_count)
@@ -430,11 +430,14 @@ def test_stalled_stream_does_not_hold_up_another(tunnel_factory):
             assert h2.status == 200, h2
             evs = [(t, json.loads(data_of(ev))) for t, ev in read_events(c, h2, 20)]
         assert [d["i"] for _, d in evs] == list(range(8))
+        # Each event is due when the backend wrote it ("sent"); the backend's
+        # own timer drift under load is not the tunnel's doing.
         lags = [round(t - d["sent"], 3) for t, d in evs]
-        assert max(lags) < 1.0, f"SSE events late behind a stalled stream: lags {lags}"
         start = evs[0][1]["sent"]
-        late = [round(t - (start + i * delay), 3) for i, (t, _) in enumerate(evs)]
-        assert max(late) < 1.0, f"SSE events off their schedule: {late}"
+        drift = [round(d["sent"] - (start + i * delay), 3) for i, (_, d) in enumerate(evs)]
+        print(f"SSE lags behind a stalled stream: {lags} (backend drift {drift})")
+        assert max(lags) < 1.0, f"SSE events late behind a stalled stream: lags {lags}"
+        assert evs[0][0] < evs[-1][1]["sent"] - 1.0, f"SSE events bunched up: lags {lags}"
 
         r, took = timed_request(tun.port, "/echo", timeout=5)
         assert r.status == 200 and took < 1.0, (r, took)
@@ -681,8 +684,11 @@ def test_access_log_names_route_and_tunnel_upstream(tun):
     r = request(tun.port, target="/v1/echo?log=1", host="api.test")
     assert r.status == 200, r
     rid = r.header("x-request-id")
-    lines = tun.edge.log_lines(min_count=1)
-    mine = [ln for ln in lines if ln.get("request_id") == rid]
+
+    def mine_now():
+        return [ln for ln in tun.edge.log_lines() if ln.get("request_id") == rid]
+    mine = wait_until(mine_now, 5)
+    lines = tun.edge.log_lines()
     assert mine, f"no access-log line for request {rid}: {lines[-5:]}"
     ln = mine[0]
     assert ln["status"] == 200 and ln["path"] == "/v1/echo", ln

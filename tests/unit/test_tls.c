@@ -127,16 +127,22 @@ static int make_certs(void)
     return sh(
         "cd %s && set -e && exec 2>certs.log\n"
         "EC='-newkey ec -pkeyopt ec_paramgen_curve:P-256'\n"
-        "CAEXT='-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign'\n"
-        "openssl req -x509 $EC -nodes -keyout root.key -out root.pem -days 30 -subj /CN=gh-root $CAEXT\n"
-        "openssl req -x509 $EC -nodes -keyout other.key -out other.pem -days 30 -subj /CN=gh-other $CAEXT\n"
+        "CAEXT='-addext basicConstraints=critical,CA:TRUE'\n"
+        "CAEXT=\"$CAEXT -addext keyUsage=critical,keyCertSign,cRLSign\"\n"
+        "openssl req -x509 $EC -nodes -keyout root.key -out root.pem -days 30 "
+        "  -subj /CN=gh-root $CAEXT\n"
+        "openssl req -x509 $EC -nodes -keyout other.key -out other.pem -days 30 "
+        "  -subj /CN=gh-other $CAEXT\n"
         "openssl req -new $EC -nodes -keyout int.key -out int.csr -subj /CN=gh-intermediate\n"
-        "printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > ca.ext\n"
+        "echo basicConstraints=critical,CA:TRUE,pathlen:0 > ca.ext\n"
+        "echo keyUsage=critical,keyCertSign,cRLSign >> ca.ext\n"
         "openssl x509 -req -in int.csr -CA root.pem -CAkey root.key -CAcreateserial -days 30 "
         "  -extfile ca.ext -out int.pem\n"
         "leaf() {\n"
         "  openssl req -new $4 -nodes -keyout $1.key -out $1.csr -subj /CN=$1\n"
-        "  printf 'subjectAltName=%%s\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' \"$2\" > $1.ext\n"
+        "  echo subjectAltName=\"$2\" > $1.ext\n"
+        "  echo basicConstraints=CA:FALSE >> $1.ext\n"
+        "  echo extendedKeyUsage=serverAuth >> $1.ext\n"
         "  openssl x509 -req -in $1.csr -CA int.pem -CAkey int.key -CAcreateserial -days $3 "
         "    -extfile $1.ext -out $1.crt\n"
         "  cat $1.crt int.pem > $1.pem\n"
@@ -239,6 +245,9 @@ typedef struct listener {
     int nconns;
     int lazy_ms;                /* stop reading at once, start again later */
     int hs_while_stopped;       /* the handshake finished meanwhile */
+    bool proxy_header;          /* a plaintext line comes before TLS */
+    char proxy_line[128];
+    size_t prefix_len;          /* TLS bytes read together with the line */
 } listener_t;
 
 typedef struct econn {
@@ -247,6 +256,8 @@ typedef struct econn {
     gh_stream_t *s;
     listener_t *l;
     uv_timer_t lazy;
+    char head[256];
+    size_t headlen;
     size_t inflight;
     bool eof, paused, first;
 } econn_t;
@@ -356,6 +367,55 @@ static void e_read(gh_stream_t *s, ssize_t n, const uv_buf_t *buf)
     free(buf->base);
 }
 
+static void e_start_tls(econn_t *c, gh_stream_t *s)
+{
+    c->s = s;
+    c->s->data = c;
+    c->s->on_alloc = e_alloc;
+    c->s->on_read = e_read;
+    c->s->on_close = e_closed;
+    CHECK_INT(gh_stream_read_start(c->s), 0);
+}
+
+/* PROXY-protocol style: a line in plaintext, then TLS. */
+static void p_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
+{
+    econn_t *c = s->data;
+    (void)suggested;
+    *buf = uv_buf_init(c->head + c->headlen, (unsigned)(sizeof(c->head) - c->headlen));
+}
+
+static void p_read(gh_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    econn_t *c = s->data;
+    (void)buf;
+    if (n < 0) {
+        gh_stream_close(s);
+        return;
+    }
+    c->headlen += (size_t)n;
+    char *eol = memchr(c->head, '\n', c->headlen);
+    if (!eol) {
+        if (c->headlen == sizeof(c->head))
+            gh_stream_close(s);
+        return;
+    }
+    gh_stream_read_stop(s);
+    size_t line = (size_t)(eol + 1 - c->head);
+    snprintf(c->l->proxy_line, sizeof(c->l->proxy_line), "%.*s", (int)(line - 2), c->head);
+    c->l->prefix_len = c->headlen - line;
+    gh_stream_t *t = gh_tls_stream_server_prefixed(c->l->tls, &c->tcp, eol + 1,
+                                                   c->headlen - line);
+    CHECK(t != NULL);
+    e_start_tls(c, t);
+}
+
+static void p_start(uv_timer_t *t)
+{
+    econn_t *c = t->data;
+    CHECK_INT(gh_stream_read_start(&c->tcp.base), 0);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     listener_t *l = server->data;
@@ -365,15 +425,9 @@ static void on_connection(uv_stream_t *server, int status)
     c->l = l;
     gh_tcp_stream_init(&c->tcp, loop);
     if (uv_accept(server, (uv_stream_t *)&c->tcp.tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp.tcp, NULL);
-        return;
+        CHECK(!"accept failed");
+        return;     /* (the test is lost anyway; c leaks) */
     }
-    c->s = gh_tls_stream_server(l->tls, &c->tcp);
-    CHECK(c->s != NULL);
-    c->s->data = c;
-    c->s->on_alloc = e_alloc;
-    c->s->on_read = e_read;
-    c->s->on_close = e_closed;
     live_econns++;
     c->next = econns;
     if (econns)
@@ -382,7 +436,20 @@ static void on_connection(uv_stream_t *server, int status)
     l->nconns++;
     uv_timer_init(loop, &c->lazy);
     c->lazy.data = c;
-    CHECK_INT(gh_stream_read_start(c->s), 0);
+    if (l->proxy_header) {
+        /* read the line by itself first; wait a little so that the
+         * ClientHello is in the same read and has to be handed over */
+        c->s = &c->tcp.base;
+        c->tcp.base.data = c;
+        c->tcp.base.on_alloc = p_alloc;
+        c->tcp.base.on_read = p_read;
+        c->tcp.base.on_close = e_closed;
+        uv_timer_start(&c->lazy, p_start, 50, 0);
+        return;
+    }
+    gh_stream_t *t = gh_tls_stream_server(l->tls, &c->tcp);
+    CHECK(t != NULL);
+    e_start_tls(c, t);
     if (l->lazy_ms) {
         /* the handshake must go on without the user reading */
         CHECK_INT(gh_stream_read_stop(c->s), 0);
@@ -421,6 +488,7 @@ typedef struct copts {
     const char *inject;         /* raw bytes under TLS once the echo is back */
     size_t inject_len;
     bool inject_shutdown;       /* and then a TCP half-close */
+    const char *proxy_line;     /* sent in plaintext before TLS */
 } copts_t;
 
 typedef struct cres {
@@ -567,6 +635,10 @@ static void c_connected(gh_stream_t *tcp, int status)
         gh_stream_close(tcp);
         return;
     }
+    if (o->proxy_line) {
+        uv_buf_t b = uv_buf_init((char *)o->proxy_line, (unsigned)strlen(o->proxy_line));
+        uv_write(&r->raw_w, (uv_stream_t *)&r->tcp.tcp, &b, 1, c_raw_written);
+    }
     r->s = gh_tls_stream_client(o->cli, &r->tcp, o->sni);
     CHECK(r->s != NULL);
     r->s->data = r;
@@ -614,7 +686,11 @@ static cres_t *client_run(const copts_t *o)
     struct sockaddr_in a;
     uv_ip4_addr("127.0.0.1", o->port, &a);
     CHECK_INT(gh_tcp_stream_connect(&r->tcp, (struct sockaddr *)&a, c_connected), 0);
-    run_until(&r->done);
+    if (run_until(&r->done) < 0) {
+        CHECK(!"client timed out");
+        gh_stream_close(r->s ? r->s : &r->tcp.base);    /* never free it while open */
+        run_until(&r->done);
+    }
     return r;
 }
 
@@ -723,15 +799,10 @@ static void child_exit(uv_process_t *p, int64_t status, int sig)
     c->done = 1;
 }
 
-/* Runs `openssl s_client -connect 127.0.0.1:port ARGS` with output in
- * dir/sclient.out and returns its exit status. */
-static int s_client(int port, const char *args)
+/* Runs cmd with /bin/sh while the loop serves; returns its exit status. */
+static int run_sh(const char *cmd)
 {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "openssl s_client -connect 127.0.0.1:%d %s </dev/null >%s 2>&1", port, args,
-             path("sclient.out"));
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    char *argv[] = { "/bin/sh", "-c", (char *)cmd, NULL };
     child_t c;
     memset(&c, 0, sizeof(c));
     uv_process_options_t po;
@@ -745,6 +816,17 @@ static int s_client(int port, const char *args)
     run_until(&c.done);
     uv_run(loop, UV_RUN_NOWAIT);
     return (int)c.status;
+}
+
+/* Runs `openssl s_client -connect 127.0.0.1:port ARGS` with output in
+ * dir/sclient.out and returns its exit status. */
+static int s_client(int port, const char *args)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "openssl s_client -connect 127.0.0.1:%d %s </dev/null >%s 2>&1", port, args,
+             path("sclient.out"));
+    return run_sh(cmd);
 }
 
 static int sclient_said(const char *needle)
@@ -1051,6 +1133,20 @@ static void test_big_echo(void)
     CHECK_INT(lmain.hs_while_stopped, 1);
     cres_free(r);
     lmain.lazy_ms = 0;
+
+    /* a plaintext line (as a PROXY protocol header) before the handshake:
+     * the TLS bytes read along with it are handed over */
+    lmain.proxy_header = true;
+    o.proxy_line = "PROXY TCP4 192.0.2.1 192.0.2.2 5000 443\r\n";
+    r = client_run(&o);
+    CHECK_INT(r->got, 5000);
+    CHECK(memcmp(r->data, p, 5000) == 0);
+    CHECK_STR(r->subject, "chat");
+    CHECK_STR(lmain.proxy_line, "PROXY TCP4 192.0.2.1 192.0.2.2 5000 443");
+    CHECK(lmain.prefix_len > 0);
+    cres_free(r);
+    lmain.proxy_header = false;
+    o.proxy_line = NULL;
     o.len = n;
     o.read_after_write = false;
 
@@ -1230,6 +1326,14 @@ static void test_s_client(void)
     CHECK(s_client(lmain.port, "-tls1_2 -cipher DHE-RSA-AES128-GCM-SHA256") != 0);
     CHECK(s_client(l13.port, "-tls1_2") != 0);
     CHECK_INT(s_client(l13.port, "-tls1_3"), 0);
+    /* s_client's "R" asks for a renegotiation: refused */
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "(sleep 0.3; echo R; sleep 0.5) | openssl s_client -connect 127.0.0.1:%d -tls1_2 "
+             ">%s 2>&1", lmain.port, path("sclient.out"));
+    CHECK(run_sh(cmd) != 0);
+    CHECK(sclient_said("RENEGOTIATING"));
+    CHECK(sclient_said("no renegotiation"));
     settle();
 }
 

@@ -18,6 +18,7 @@
 #include "proxy/stream.h"
 #include "proxy/tunnel_frame.h"
 #include "proxy/tunnel_session.h"
+#include "proxy/tunnel-int.h"      /* to watch the output queue in test_flood */
 #include "tests/unit/test.h"
 
 static uv_loop_t *loop;
@@ -246,6 +247,7 @@ typedef struct ep {
     bool verify;
     int rx_end, nends, bad;
     bool stall_after_first, stalled;
+    int nobufs, nobufs_seen;        /* on_alloc gives no buffer nobufs times */
     uint64_t rx_window_end;
     /* writing: tx_total pattern bytes in pieces of up to max_piece, then FIN */
     uint64_t tx_total, tx_off;
@@ -301,6 +303,10 @@ static void ep_alloc(gh_stream_t *st, size_t suggested, uv_buf_t *b)
     (void)suggested;
     b->base = e->rbuf;
     b->len = sizeof e->rbuf;
+    if (e->nobufs > 0) {
+        e->nobufs--;
+        b->len = 0;
+    }
 }
 
 typedef struct ewrite {
@@ -352,6 +358,10 @@ static void ep_read(gh_stream_t *st, ssize_t n, const uv_buf_t *b)
     ep_t *e = st->data;
     if (n == 0)
         return;
+    if (n == UV_ENOBUFS) {
+        e->nobufs_seen++;
+        return;
+    }
     if (n < 0) {
         e->rx_end = (int)n;
         e->nends++;
@@ -597,11 +607,26 @@ static void test_echo(void)
     CHECK_INT(gh_tsession_nstreams(p.edge.s), 0);
     CHECK_INT(gh_tsession_nstreams(p.conn.s), 0);
     CHECK(!p.edge.closed && !p.conn.closed);
+    /* an owner with no buffer to give is asked again on the next turns */
+    gh_stream_t *nb = gh_tsession_open(p.edge.s, "source-100000");
+    ep_t *e = ep_new(nb, &p.edge, EP_CLIENT);
+    e->nobufs = 5;
+    e->verify = true;
+    e->rx_seed = 7;
+    gh_stream_read_start(nb);
+    ep_write_next(e);
+    RUN_UNTIL(e->closed, 3000);
+    CHECK(e->closed);
+    CHECK_INT(e->nobufs_seen, 5);
+    CHECK_INT(e->rx, 100000);
+    CHECK_INT(e->bad, 0);
+    CHECK_INT(e->rx_end, UV_EOF);
+    RUN_UNTIL(all_eps_closed(), 2000);
     /* stream ids: edge odd, connector even */
     gh_tstream_info_t info;
     gh_stream_t *st = gh_tsession_open(p.edge.s, "hold");
     gh_tsession_stream_info(st, &info);
-    CHECK_INT(info.id, 7);
+    CHECK_INT(info.id, 9);
     CHECK_STR(info.service, "hold");
     CHECK_INT(info.rx_window, GH_TF_INITIAL_STREAM_WINDOW);
     gh_stream_close(st);
@@ -883,6 +908,7 @@ typedef struct raw {
     bool eof;
     gh_tframe_t got[64];
     int ngot;
+    uint64_t acks;
 } raw_t;
 
 static void raw_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *b)
@@ -908,6 +934,8 @@ static void raw_read(gh_stream_t *s, ssize_t n, const uv_buf_t *b)
     gh_tframe_t f;
     ssize_t k;
     while ((k = gh_tframe_decode(r->buf + off, r->len - off, &f)) > 0) {
+        if (f.type == GH_TF_PING && (f.flags & GH_TF_FLAG_ACK))
+            r->acks++;
         if (r->ngot < 64) {
             f.payload = NULL;
             r->got[r->ngot++] = f;
@@ -958,6 +986,7 @@ static void raw_start(raw_t *r, side_t *s, bool edge, const void *pending, size_
     tcp_pair(&a, &r->t);
     r->len = 0;
     r->ngot = 0;
+    r->acks = 0;
     r->eof = false;
     r->t->base.data = r;
     r->t->base.on_alloc = raw_alloc;
@@ -1061,6 +1090,41 @@ static void test_raw(void)
     RUN_UNTIL(s.closed, 2000);
     CHECK(s.reason == UV_EOF || s.reason == UV_ECONNRESET);
     teardown(NULL);
+}
+
+static bool watch_output(gh_tsession_t *s, bool *paused, size_t *peak)
+{
+    *paused |= s->link_paused;
+    if (s->out_bytes > *peak)
+        *peak = s->out_bytes;
+    return *paused;
+}
+
+/* A peer that sends PINGs and never reads: the answers pile up until the
+ * session stops reading the link, and all get through once it reads. */
+static void test_flood(void)
+{
+    static raw_t r;
+    static uint8_t pings[10000 * GH_TF_HEADER_LEN];
+    enum { BATCH = 10000, NBATCH = 200 };
+    side_t s;
+    raw_start(&r, &s, true, NULL, 0);
+    gh_stream_read_stop(&r.t->base);
+    for (int i = 0; i < BATCH; i++)
+        gh_tframe_header(pings + i * GH_TF_HEADER_LEN, GH_TF_PING, 0, 0, (uint32_t)i);
+    for (int i = 0; i < NBATCH; i++)
+        raw_send(&r, pings, sizeof pings);
+    bool paused = false;
+    size_t peak = 0;
+    RUN_UNTIL(watch_output(s.s, &paused, &peak), 10000);
+    CHECK(paused);
+    CHECK(peak <= TUN_LINK_HARD + TUN_INBUF_CAP + TUN_CHUNK_CAP);
+    printf("  ping flood: reading paused with %zu kB of answers queued\n", peak / 1024);
+    gh_stream_read_start(&r.t->base);
+    RUN_UNTIL(r.acks == (uint64_t)BATCH * NBATCH, 20000);
+    CHECK_INT(r.acks, (uint64_t)BATCH * NBATCH);
+    CHECK(!s.closed && !s.s->link_paused);
+    raw_end(&r, &s);
 }
 
 /* ================= window tuning over a 50 ms round trip ================= */
@@ -1222,6 +1286,7 @@ int main(void)
     test_session_close();
     test_heartbeat();
     test_raw();
+    test_flood();
     test_bdp();
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
