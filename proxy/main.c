@@ -12,6 +12,7 @@
 
 #include "conf/config.h"
 #include "proxy/proxy.h"
+#include "tls/tls.h"
 
 static const char usage_text[] =
     "usage: gatehouse [-c FILE]             run in the foreground\n"
@@ -217,6 +218,20 @@ int main(int argc, char **argv)
     if (!cfg)
         return 1;
     if (test_only) {
+        /* "Deep" includes loading every certificate and key. */
+        if (cfg->tls.ncerts) {
+            gh_errors_t errs;
+            gh_errors_init(&errs);
+            gh_tls_server_t *t = gh_tls_server_new(cfg, &errs);
+            for (size_t i = 0; i < errs.n; i++)
+                fprintf(stderr, "%s\n", errs.lines[i]);
+            gh_errors_free(&errs);
+            if (!t) {
+                gh_config_release(cfg);
+                return 1;
+            }
+            gh_tls_server_free(t);
+        }
         printf("%s: configuration OK\n", config);
         gh_config_release(cfg);
         return 0;

@@ -43,13 +43,17 @@ typedef struct gh_tsession_cbs {
 } gh_tsession_cbs_t;
 
 /* Takes over link: its data and callbacks are the session's from now on,
- * and the session closes it. pending holds bytes already read from the link
- * after the 101 head; they are parsed before anything read later (copied;
- * the caller keeps its buffer). is_edge picks the stream id parity (edge
- * odd, connector even). heartbeat_ms: a PING is sent every interval and the
- * session fails if no frame at all arrives for 3 intervals (0: no
- * heartbeats). cbs is copied. NULL if out of memory; the caller still owns
- * link then. */
+ * and the session closes it when it ends. Once the link is closed, the
+ * session puts back the data and on_close the link had when it was handed
+ * over and calls that on_close, so the link's owner frees it there as
+ * usual. pending holds bytes already read from the link after the 101
+ * head; they are parsed before anything read later (copied; the caller
+ * keeps its buffer). is_edge picks the stream id parity (edge odd,
+ * connector even). heartbeat_ms: a PING is sent every interval and the
+ * session fails (UV_ETIMEDOUT) when no frame at all has arrived for 3
+ * intervals (0: no heartbeats). cbs is copied. Frames may be written to
+ * the link at once (a PING that measures the round trip). NULL if out of
+ * memory; the caller still owns link then, untouched. */
 gh_tsession_t *gh_tsession_new(uv_loop_t *loop, gh_stream_t *link, const char *pending,
                                size_t npending, bool is_edge, uint64_t heartbeat_ms,
                                const gh_tsession_cbs_t *cbs, void *data);
@@ -61,6 +65,25 @@ gh_tsession_t *gh_tsession_new(uv_loop_t *loop, gh_stream_t *link, const char *p
  * name is invalid, or out of memory. */
 gh_stream_t *gh_tsession_open(gh_tsession_t *s, const char *service);
 
+/* Tunnel streams, from gh_tsession_open or on_stream, follow proxy/stream.h
+ * with these details:
+ * - read_stop is the backpressure: window is given back to the peer only
+ *   as the owner reads, so a stream that does not read makes the peer stop
+ *   sending after one window, and holds at most that window (256 kB to
+ *   16 MB, see the doc) in memory. Other streams are not affected.
+ * - write queues the buffers (not copied); they are framed as the peer's
+ *   windows and the link allow, and the callback runs when the last byte
+ *   has been written to the link. write_queue_size is what is not framed
+ *   yet. Writes after shutdown fail with UV_EPIPE; after a reset, with the
+ *   reset's error.
+ * - shutdown sends FIN after the queued writes. Closing right after it is a
+ *   clean end: the FIN is sent, and no RESET if the peer had finished too.
+ * - close sends RESET unless both directions had finished; queued writes
+ *   complete with UV_ECANCELED, then on_close runs (never inside close).
+ * - read errors: UV_ECONNREFUSED (refused by the peer), UV_ECONNRESET
+ *   (reset, or the session ended), UV_ENOBUFS when on_alloc gave no buffer
+ *   (asked again on the next loop turn while reading). */
+
 /* Whether gh_tsession_open can succeed now (not ending, no go-away). */
 bool gh_tsession_can_open(const gh_tsession_t *s);
 
@@ -71,7 +94,10 @@ unsigned gh_tsession_nstreams(const gh_tsession_t *s);
 uint64_t gh_tsession_rtt_us(const gh_tsession_t *s);
 
 /* Sends GOAWAY: no new streams either way from now on; streams already open
- * carry on, and the session ends (reason 0) when the last is closed. */
+ * carry on. Once every stream has finished both ways (or was reset) and the
+ * last frames are written, the link is half-closed, and the session ends
+ * (reason 0) when the peer closes its side (or after 3 heartbeat intervals,
+ * 10 s without heartbeats). The same happens when the peer sends GOAWAY. */
 void gh_tsession_goaway(gh_tsession_t *s);
 
 /* Ends the session now: the link is closed, every stream that is reading

@@ -312,7 +312,7 @@ def test_api_key_bad_keys_file_on_reload_keeps_old_keys(gatehouse, aio, tmp_path
 
 # ---------------------------------------------------------------- rate_limit
 
-def flood(port, host, seconds, threads=4, headers=()):
+def flood(port, host, seconds, threads=4, headers=(), source=None):
     """Every thread sends requests back to back on its own keep-alive
     connection until `seconds` after the first request of all was sent (the
     connections are open before the clock starts). Returns the responses,
@@ -327,7 +327,7 @@ def flood(port, host, seconds, threads=4, headers=()):
         mine = []
         c = None
         try:
-            c = Conn(port, timeout=10)
+            c = Conn(port, timeout=10, source=source)
             start.wait(10)
             for _ in range(1000000):
                 now = time.monotonic()
@@ -337,7 +337,7 @@ def flood(port, host, seconds, threads=4, headers=()):
                 if now >= t0[0] + seconds:
                     break
                 if c is None:
-                    c = Conn(port, timeout=10)
+                    c = Conn(port, timeout=10, source=source)
                     now = time.monotonic()
                 c.send(raw)
                 r = c.read_response()
@@ -369,21 +369,36 @@ def flood(port, host, seconds, threads=4, headers=()):
 def test_rate_limit_accuracy_10_per_s_burst_20(gatehouse, aio, workers):
     """3 s of flooding gives burst + 3 s * rate = 20 + 30 (README's example),
     with every worker thread sharing one bucket (SPEC: state shared by all
-    workers)."""
+    workers).
+
+    The client can only bound when gatehouse saw the first and the last
+    request (between their send and receive times). A run in which that
+    uncertainty is over one emission interval (0.1 s: the machine stalled
+    one side or the other) says nothing exact, so it is done again from
+    another client address (a fresh bucket), up to three times; the last
+    run is held to 50 +- 2 whatever happened."""
     cfg = {"workers": workers,
            "plugins": {"per_ip": {"type": "rate_limit", "rate": "10/s", "burst": 20,
                                   "by": "client_ip"}},
            "routes": [{"host": "*", "upstream": aio.url, "plugins": ["per_ip"]}]}
     gh, aport = start_with_admin(gatehouse, cfg)
-    results = flood(gh.port, "api.test", 3.0, threads=4)
-    codes = [r.status for r in results]
-    ok, limited = codes.count(200), codes.count(429)
-    assert ok + limited == len(codes), f"unexpected statuses {set(codes)}"
-    assert limited > 100, f"the flood was too slow to test anything ({len(codes)} requests)"
-    # What the client knows of when gatehouse saw the first and the last
-    # request, for the message.
-    lo = max(r.sent for r in results) - min(r.received for r in results)
-    hi = max(r.received for r in results) - min(r.sent for r in results)
+    total_limited = 0
+    sources = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    for attempt, source in enumerate(sources):
+        results = flood(gh.port, "api.test", 3.0, threads=4, source=source)
+        codes = [r.status for r in results]
+        ok, limited = codes.count(200), codes.count(429)
+        total_limited += limited
+        assert ok + limited == len(codes), f"unexpected statuses {set(codes)}"
+        assert limited > 100, f"the flood was too slow to test anything ({len(codes)} requests)"
+        lo = max(r.sent for r in results) - min(r.received for r in results)
+        hi = max(r.received for r in results) - min(r.sent for r in results)
+        # Whatever the stalls, the count fits the window gatehouse saw.
+        assert 20 + int(lo * 10) - 1 <= ok <= 20 + int(hi * 10) + 1, \
+            f"{ok} requests passed while the flood lasted {lo:.3f} to {hi:.3f} s"
+        print(f"ATTEMPT {attempt} ok={ok} lo={lo:.3f} hi={hi:.3f}")
+        if hi - lo <= 0.1 or attempt == len(sources) - 1:
+            break
     assert abs(ok - 50) <= 2, f"{ok} requests passed in 3 s (expected 20 + 30 = 50 +- 2), " \
                               f"{limited} got 429; the flood lasted {lo:.3f} to {hi:.3f} s " \
                               f"as gatehouse saw it"
@@ -400,7 +415,7 @@ def test_rate_limit_accuracy_10_per_s_burst_20(gatehouse, aio, workers):
         lim, rem, reset = rl_headers(r)
         assert lim == 20 and rem == 0 and 1 <= reset <= 2, r
         assert retry_after(r) == 1, r
-    assert metric(aport, "gatehouse_rate_limited_total", "per_ip") == limited
+    assert metric(aport, "gatehouse_rate_limited_total", "per_ip") == total_limited
 
 
 def test_rate_limit_headers_count_down_then_429(gatehouse, aio):

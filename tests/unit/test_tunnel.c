@@ -876,7 +876,7 @@ static void test_heartbeat(void)
     CHECK_INT(s.reason, UV_ETIMEDOUT);
     uint64_t took = s.closed_at - s.opened_at;
     printf("  silent peer detected after %llu ms (interval 100 ms)\n", (unsigned long long)took);
-    CHECK(took >= 290 && took <= 330);
+    CHECK(took >= 290 && took <= 360);   /* 3 intervals, plus timer lateness */
     gh_stream_close(&b->base);
     teardown(NULL);
 
@@ -893,7 +893,7 @@ static void test_heartbeat(void)
     CHECK_INT(p.conn.reason, UV_ETIMEDOUT);
     took = p.conn.closed_at - stopped;
     printf("  stalled link detected %llu ms after it stopped\n", (unsigned long long)took);
-    CHECK(took >= 190 && took <= 330);
+    CHECK(took >= 190 && took <= 360);
     RUN_UNTIL(p.edge.closed, 1000);
     CHECK(p.edge.closed);
     teardown(&p);
