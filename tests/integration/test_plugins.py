@@ -396,7 +396,6 @@ def test_rate_limit_accuracy_10_per_s_burst_20(gatehouse, aio, workers):
         # Whatever the stalls, the count fits the window gatehouse saw.
         assert 20 + int(lo * 10) - 1 <= ok <= 20 + int(hi * 10) + 1, \
             f"{ok} requests passed while the flood lasted {lo:.3f} to {hi:.3f} s"
-        print(f"ATTEMPT {attempt} ok={ok} lo={lo:.3f} hi={hi:.3f}")
         if hi - lo <= 0.1 or attempt == len(sources) - 1:
             break
     assert abs(ok - 50) <= 2, f"{ok} requests passed in 3 s (expected 20 + 30 = 50 +- 2), " \
