@@ -9,10 +9,16 @@ Sub-commands (see bench/run for how they are used):
   ports N                      print N free TCP ports on 127.0.0.1
   waitport PORT SECS [PID]     wait until 127.0.0.1:PORT is listening
   rss PID                      VmRSS in KiB of PID plus its descendants
+  cpu PID...                   CPU seconds (user + system) of the PIDs and their descendants
+  waithttp PORT SECS           wait until GET / on 127.0.0.1:PORT answers 200
+  resumes PORT                 does a TLS server resume a session? (yes/no)
   requests PORT N              N requests over one keep-alive connection
-  idle ...                     open idle keep-alive connections, measure RSS
+  idle ...                     open idle keep-alive (or TLS) connections, measure RSS
+  streams ...                  open slow streams through a tunnel, measure RSS
   record-wrk ...               parse a wrk output file into results.jsonl
   record-callgrind ...         instructions per request from two callgrind runs
+  record-stime ...             handshakes/s and CPU per handshake from openssl s_time runs
+  record-curl ...              MiB/s and CPU per GiB of one curl download
   record-fail ...              record a failed measurement
   meta RESULTS KEY=VALUE...    record run parameters
   info ...                     machine and version information (JSON)
@@ -49,9 +55,39 @@ METRICS = [
     ("callgrind", "ir_per_req", "callgrind, {callgrind_n} keep-alive requests", "instructions per request", "lower", "int"),
     ("multi", "rps", "workers auto, {nproc} cores, {conns} conns", "requests/s", "higher", "int"),
     ("multi", "p99_ms", "workers auto, {nproc} cores, {conns} conns", "p99 latency ms", "lower", "ms"),
+    # TLS group (issue 3): the proxies terminate TLS with one ECDSA P-256 certificate
+    ("tlshs", "hs_per_s", "TLS full handshakes, s_time -new, {tls_hs_clients} clients", "handshakes/s", "higher", "int"),
+    ("tlshs", "cpu_us", "TLS full handshakes, s_time -new, {tls_hs_clients} clients", "proxy CPU us per handshake", "lower", "int"),
+    ("tlsclose", "rps", "TLS new connection per request (wrk, resumed), {conns} conns", "connections/s", "higher", "int"),
+    ("tlska", "rps", "TLS keep-alive, {conns} conns", "requests/s", "higher", "int"),
+    ("tlska", "p99_ms", "TLS keep-alive, {conns} conns", "p99 latency ms", "lower", "ms"),
+    ("tlsidle", "kib_per_conn", "{tls_idle_conns} idle TLS connections", "KiB RSS per connection", "lower", "kib"),
+    ("tlsidle", "rss_mib", "{tls_idle_conns} idle TLS connections", "MiB RSS in all", "lower", "mib"),
+    # Tunnel group (issue 6): gatehouse edge + connector, ssh -R, direct
+    ("tunbulk", "mibps", "tunnel: one {tunnel_size} stream (curl)", "MiB/s", "higher", "int"),
+    ("tunbulk", "cpu_s_per_gib", "tunnel: one {tunnel_size} stream (curl)", "CPU s per GiB, both ends", "lower", "ms"),
+    ("tunrps", "rps", "tunnel: small requests, {conns} conns", "requests/s", "higher", "int"),
+    ("tunlat", "p99_ms", "tunnel: small requests, {tunnel_lat_conns} conns", "p99 latency ms", "lower", "ms"),
+    ("tunlat", "added_p99_ms", "tunnel: small requests, {tunnel_lat_conns} conns", "added p99 ms vs direct", "lower", "ms"),
+    ("tunmem", "kib_per_stream", "tunnel: {tunnel_streams} open slow streams", "KiB RSS per stream, both ends", "lower", "kib"),
+    ("tunmem", "rss_mib", "tunnel: {tunnel_streams} open slow streams", "MiB RSS in all, both ends", "lower", "mib"),
 ]
-TARGETS = ["gatehouse", "nginx", "haproxy", "direct"]
-ANCHORS = ["nginx", "haproxy"]
+TARGETS = ["gatehouse", "nginx", "haproxy", "ssh", "direct"]
+ANCHORS = ["nginx", "haproxy", "ssh"]
+SHOWN = {"ssh": "ssh -R"}  # column names that differ from the target names
+
+# Targets from the issues: (scenario, metric, text, rule, threshold).
+#   best_ratio: gatehouse / the better of nginx and HAProxy must reach threshold
+#   best_fraction: gatehouse / the better (lower) of nginx and HAProxy at most threshold
+#   ssh_ratio: gatehouse / ssh -R at least threshold
+#   below: gatehouse's own value under threshold
+GOALS = [
+    ("tlshs", "hs_per_s", "TLS full handshakes/s >= 1.1x the better of nginx/HAProxy", "best_ratio", 1.1),
+    ("tlska", "rps", "TLS keep-alive requests/s >= 1.1x the better of nginx/HAProxy", "best_ratio", 1.1),
+    ("tlsidle", "kib_per_conn", "memory per idle TLS connection <= 0.5x the better of nginx/HAProxy", "best_fraction", 0.5),
+    ("tunbulk", "mibps", "tunnel throughput of one stream >= 1.5x ssh -R", "ssh_ratio", 1.5),
+    ("tunlat", "added_p99_ms", "tunnel added p99 at moderate load < 1 ms", "below", 1.0),
+]
 
 
 # ---------------------------------------------------------------------------
@@ -60,11 +96,35 @@ ANCHORS = ["nginx", "haproxy"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: gatehouse-bench\r\n\r\n"
 
 
-class Conn:
-    """One keep-alive connection that reads whole responses."""
+_TLS_CONTEXT = None
 
-    def __init__(self, port, timeout):
+
+def tls_context():
+    """A client context that accepts the benchmark's self-signed certificate."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _TLS_CONTEXT = ctx
+    return _TLS_CONTEXT
+
+
+class Conn:
+    """One keep-alive connection that reads whole responses; over TLS with
+    tls=True (a full handshake: no session is offered for resumption)."""
+
+    def __init__(self, port, timeout, tls=False, session=None):
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.tls = tls
+        if tls:
+            try:
+                self.sock = tls_context().wrap_socket(self.sock, server_hostname="localhost",
+                                                      session=session)
+            except Exception:
+                self.sock.close()
+                raise
         self.buf = b""
 
     def _fill(self):
@@ -134,6 +194,25 @@ class Conn:
         poller.register(self.sock, select.POLLIN)
         if not poller.poll(0):
             return True
+        if self.tls:
+            # readable may only mean TLS records that carry no data (session
+            # tickets): read without blocking; "want read" means still open
+            import ssl
+            self.sock.setblocking(False)
+            try:
+                data = self.sock.recv(1)
+            except ssl.SSLWantReadError:
+                return True
+            except (OSError, ValueError):
+                return False
+            finally:
+                try:
+                    self.sock.setblocking(True)
+                except OSError:
+                    pass
+            if data:
+                self.buf += data
+            return bool(data)
         try:
             return bool(self.sock.recv(1, socket.MSG_PEEK))
         except OSError:
@@ -208,6 +287,25 @@ def rss_tree(root):
     return sum(vmrss_kib(p) for p in descendants(root))
 
 
+def rss_trees(pids):
+    return sum(rss_tree(p) for p in pids)
+
+
+def cpu_ticks(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def cpu_seconds(pids):
+    """CPU time (user + system, seconds) of the processes and their descendants."""
+    ticks = sum(cpu_ticks(p) for root in pids for p in descendants(root))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------------
 # results.jsonl
 # ---------------------------------------------------------------------------
@@ -228,7 +326,27 @@ def load(path):
                 meta.update(row["meta"])
             else:
                 rows.append(row)
-    return rows, meta
+    return rows + derived(rows), meta
+
+
+def derived(rows):
+    """Added p99 latency: a path's p99 minus the direct p99 of the same round."""
+    out = []
+    p99 = {(r["round"], r["target"]): r for r in rows
+           if (r["scenario"], r["metric"]) == ("tunlat", "p99_ms")}
+    for (rnd, target), r in sorted(p99.items()):
+        direct = p99.get((rnd, "direct"))
+        if target == "direct" or direct is None:
+            continue
+        value = None
+        if r["value"] is not None and direct["value"] is not None:
+            value = r["value"] - direct["value"]
+        row = {"round": rnd, "scenario": "tunlat", "target": target,
+               "metric": "added_p99_ms", "value": value}
+        if r.get("note"):
+            row["note"] = r["note"]
+        out.append(row)
+    return out
 
 
 def record(path, rnd, scenario, target, metric, value, note=None):
@@ -332,8 +450,56 @@ def cmd_rss(a):
     return 0
 
 
-def run_requests(port, n, timeout, deadline):
-    conn = Conn(port, timeout)
+def cmd_cpu(a):
+    print("%.3f" % cpu_seconds(a.pids))
+    return 0
+
+
+def cmd_waithttp(a):
+    """Wait until GET / answers 200 (a tunnel is attached, a forward is up)."""
+    deadline = time.monotonic() + a.secs
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            conn = Conn(a.port, 2)
+            try:
+                status = conn.request()
+            finally:
+                conn.close()
+            if status == 200:
+                return 0
+            last = "status %d" % status
+        except (OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    print("GET / on %d: %s after %ss" % (a.port, last, a.secs), file=sys.stderr)
+    return 1
+
+
+def cmd_resumes(a):
+    """Two TLS connections: the second offers the session of the first."""
+    try:
+        first = Conn(a.port, 10, tls=True)
+        try:
+            first.request()  # TLS 1.3 tickets arrive after the handshake
+            session = first.sock.session
+        finally:
+            first.close()
+        second = Conn(a.port, 10, tls=True, session=session)
+        try:
+            reused = second.sock.session_reused
+            second.request()
+        finally:
+            second.close()
+    except (OSError, ValueError) as e:
+        print("unknown (%s)" % e)
+        return 1
+    print("yes" if reused else "no")
+    return 0
+
+
+def run_requests(port, n, timeout, deadline, tls=False):
+    conn = Conn(port, timeout, tls=tls)
     ok = 0
     try:
         for _ in range(n):
@@ -359,6 +525,7 @@ def cmd_requests(a):
 
 def cmd_idle(a):
     """Open a.conns keep-alive connections, one request each, keep them open.
+    With --tls each one is a TLS connection with a full handshake.
 
     RSS is read before (after a short warm-up on one connection that is
     then closed) and after all connections are open and idle."""
@@ -366,14 +533,14 @@ def cmd_idle(a):
     conns = []
     note = None
     try:
-        run_requests(a.port, 10, 10, deadline)  # warm-up: upstream pool, lazy init
+        run_requests(a.port, 10, 10, deadline, tls=a.tls)  # warm-up: upstream pool, lazy init
         time.sleep(a.settle)
         before = rss_tree(a.pid)
         for i in range(a.conns):
             if time.monotonic() > deadline:
                 note = "deadline passed after %d connections" % i
                 break
-            c = Conn(a.port, 10)
+            c = Conn(a.port, 10, tls=a.tls)
             conns.append(c)
             status = c.request()
             if status != 200:
@@ -393,13 +560,159 @@ def cmd_idle(a):
     value = None
     if before is not None and (still_open or 0) >= a.conns * 0.95:
         value = (after - before) / a.conns
-    record(a.results, a.round, "idle", a.target, "kib_per_conn", value, note)
-    record(a.results, a.round, "idle", a.target, "rss_mib", after / 1024 if value is not None else None, note)
+    record(a.results, a.round, a.scenario, a.target, "kib_per_conn", value, note)
+    record(a.results, a.round, a.scenario, a.target, "rss_mib", after / 1024 if value is not None else None, note)
     if value is None:
         print("    %-9s failed: %s" % (a.target, note))
         return 1
     print("    %-9s RSS %d KiB -> %d KiB with %d idle connections: %.2f KiB/conn%s" % (
         a.target, before, after, still_open, value, ("   (" + note + ")") if note else ""))
+    return 0
+
+
+def cmd_streams(a):
+    """Open a.n slow streams (GET of a rate-limited body), keep reading what
+    arrives, and read the RSS of the processes that carry them (a tunnel's
+    two ends) before and while they are open."""
+    pids = [int(p) for p in a.pids.split(",") if p]
+    deadline = time.monotonic() + a.deadline
+    req = ("GET %s HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: gatehouse-bench\r\n\r\n"
+           % a.path).encode()
+    socks, note = [], None
+    before = after = None
+    open_count = 0
+    try:
+        run_requests(a.port, 10, 10, deadline)  # warm-up
+        time.sleep(a.settle)
+        before = rss_trees(pids)
+        for i in range(a.n):
+            s = socket.create_connection((HOST, a.port), timeout=10)
+            socks.append(s)
+            s.sendall(req)
+        for s in socks:
+            s.setblocking(False)
+        poller = select.poll()
+        fds = {s.fileno(): s for s in socks}
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        closed = set()
+        status = {}  # fd -> first bytes until the status line is complete, then True/False
+
+        def drain(until, heads_only):
+            for _ in range(10000000):
+                if heads_only and len(status) == len(fds) and \
+                        all(isinstance(v, bool) for v in status.values()):
+                    return
+                left = until - time.monotonic()
+                if left <= 0:
+                    return
+                for fd, _ev in poller.poll(min(left, 0.2) * 1000):
+                    try:
+                        data = fds[fd].recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        closed.add(fd)
+                        poller.unregister(fd)
+                        status.setdefault(fd, False)
+                        continue
+                    head = status.get(fd, b"")
+                    if isinstance(head, bytes):
+                        head += data
+                        if b"\r\n" in head:
+                            head = head.split(b" ", 2)[1:2] == [b"200"]
+                        status[fd] = head
+
+        drain(min(deadline, time.monotonic() + 30), True)  # every stream has its status line
+        drain(time.monotonic() + a.settle, False)  # streams flowing, slowly
+        after = rss_trees(pids)
+        ok = sum(1 for v in status.values() if v is True)
+        open_count = sum(1 for fd in fds if fd not in closed)
+        if ok < a.n:
+            note = "%d of %d streams answered 200" % (ok, a.n)
+        elif open_count < a.n:
+            note = "only %d of %d streams still open" % (open_count, a.n)
+    except (OSError, ValueError) as e:
+        note = "after %d streams: %s" % (len(socks), e)
+    finally:
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+    value = None
+    if before is not None and after is not None and open_count >= a.n * 0.95:
+        value = (after - before) / a.n
+    record(a.results, a.round, "tunmem", a.target, "kib_per_stream", value, note)
+    record(a.results, a.round, "tunmem", a.target, "rss_mib", after / 1024 if value is not None else None, note)
+    if value is None:
+        print("    %-9s failed: %s" % (a.target, note))
+        return 1
+    print("    %-9s RSS %d KiB -> %d KiB with %d open streams: %.2f KiB/stream%s" % (
+        a.target, before, after, open_count, value, ("   (" + note + ")") if note else ""))
+    return 0
+
+
+def cmd_record_stime(a):
+    """openssl s_time prints 'N connections in T real seconds'; the clients
+    ran in parallel for a.wall seconds."""
+    total, problems = 0, []
+    for path in a.outputs:
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            problems.append(str(e))
+            continue
+        m = re.search(r"(\d+) connections in [\d.]+ real seconds", text)
+        if m:
+            total += int(m.group(1))
+        else:
+            problems.append("%s: no count" % os.path.basename(path))
+    note = "; ".join(problems) or None
+    if a.extra_note:
+        note = "; ".join(x for x in (note, a.extra_note) if x)
+    if not total or a.wall <= 0:
+        for metric in ("hs_per_s", "cpu_us"):
+            record(a.results, a.round, "tlshs", a.target, metric, None, note or "no handshake")
+        print("    %-9s failed: %s" % (a.target, note or "no handshake"))
+        return 1
+    rate = total / a.wall
+    cpu_us = a.cpu * 1e6 / total
+    record(a.results, a.round, "tlshs", a.target, "hs_per_s", rate, note)
+    record(a.results, a.round, "tlshs", a.target, "cpu_us", cpu_us, note)
+    print("    %-9s hs_per_s=%.0f  cpu_us=%.0f  (%d handshakes in %.2f s, proxy CPU %.2f s)%s" % (
+        a.target, rate, cpu_us, total, a.wall, a.cpu, ("   (" + note + ")") if note else ""))
+    return 0
+
+
+def cmd_record_curl(a):
+    """curl -w '%{http_code} %{size_download} %{time_total}'."""
+    note = a.extra_note
+    try:
+        with open(a.curl_output) as f:
+            code, size, secs = f.read().split()[:3]
+        code, size, secs = int(code), int(size), float(secs)
+    except (OSError, ValueError) as e:
+        code, size, secs = 0, 0, 0.0
+        note = "; ".join(x for x in ("no curl result (%s)" % e.__class__.__name__, note) if x)
+    if code != 200 or size != a.expected or secs <= 0:
+        note = "; ".join(x for x in ("status %d, %d of %d bytes" % (code, size, a.expected), note) if x)
+        record(a.results, a.round, "tunbulk", a.target, "mibps", None, note)
+        record(a.results, a.round, "tunbulk", a.target, "cpu_s_per_gib", None, note)
+        print("    %-9s failed: %s" % (a.target, note))
+        return 1
+    mibps = size / secs / 1024 ** 2
+    record(a.results, a.round, "tunbulk", a.target, "mibps", mibps, note)
+    cpu = None
+    if a.target != "direct":
+        cpu = a.cpu / (size / 1024 ** 3)
+        record(a.results, a.round, "tunbulk", a.target, "cpu_s_per_gib", cpu, note)
+    print("    %-9s mibps=%.0f%s  (%d bytes in %.2f s)%s" % (
+        a.target, mibps, "  cpu_s_per_gib=%.2f" % cpu if cpu is not None else "", size, secs,
+        ("   (" + note + ")") if note else ""))
     return 0
 
 

@@ -360,6 +360,24 @@ static void process_proxy_header(gh_conn_t *c)
         set_peer_ip(c);
     }
     c->state = GH_C_HEAD;
+    if (c->tls) {
+        /* The PROXY header came in the clear; TLS starts right after it,
+         * with whatever bytes of the handshake were read along with it. */
+        gh_stream_read_stop(c->stream);
+        c->reading = false;
+        gh_stream_t *t = c->server->snap->tls
+                             ? gh_tls_stream_server_prefixed(c->server->snap->tls, &c->s,
+                                                             c->buf + c->off, c->len - c->off)
+                             : NULL;
+        if (!t) {
+            gh__conn_abort(c);
+            return;
+        }
+        c->off = c->len = 0;
+        c->stream = t;
+        gh__conn_update_read(c);
+        return;
+    }
     process_head(c);
 }
 
@@ -847,7 +865,8 @@ void gh__conn_accept(gh_listener_t *l)
     uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&c->peer, &plen);
     set_peer_ip(c);
     uv_tcp_nodelay(&c->s.tcp, 1);
-    if (c->tls) {
+    bool proxy_first = l->conf && l->conf->proxy_protocol;
+    if (c->tls && !proxy_first) {
         /* From here on the connection speaks through TLS; the TLS stream
          * starts with the callbacks set on the TCP one above. */
         gh_stream_t *t = srv->snap->tls ? gh_tls_stream_server(srv->snap->tls, &c->s) : NULL;
