@@ -805,6 +805,11 @@ def cmd_info(a):
             "valgrind": run_out(["valgrind", "--version"]),
         },
     }
+    # only what the TLS and tunnel groups use
+    if a.tls_tunnel:
+        info["versions"]["openssl"] = run_out(["openssl", "version"])
+        info["versions"]["ssh"] = run_out(["ssh", "-V"], both=True)
+        info["versions"]["curl"] = run_out(["curl", "--version"])
     with open(a.out, "w") as f:
         json.dump(info, f, indent=1)
     return 0
@@ -860,7 +865,7 @@ def cmd_table(a):
     rows, meta = load(a.results)
     rows = [r for r in rows if r["round"] == a.round]
     metrics, targets = present(rows)
-    header = ["round %d" % a.round, "unit"] + targets
+    header = ["round %d" % a.round, "unit"] + [SHOWN.get(t, t) for t in targets]
     body, notes = [], []
     for scen, metric, tmpl, unit, better, kind in metrics:
         line = [label(tmpl, meta), unit]
@@ -890,6 +895,59 @@ def medians(rows):
     return {k: (statistics.median(v), len(v)) for k, v in values.items()}
 
 
+def tls_text(meta):
+    out = "one self-signed ECDSA P-256 certificate for all three"
+    if meta.get("tls_params"):
+        out += "; wrk negotiates %s" % meta["tls_params"]
+    out += "; s_time -new: full handshakes only, no request"
+    if meta.get("wrk_resumed"):
+        out += ("; wrk resumes sessions when it reconnects (%s connections resumed in a 1 s check"
+                " against nginx), so the wrk 'new connection' row counts resumed handshakes"
+                % meta["wrk_resumed"])
+    res = ["%s %s" % (t, meta["resumes_" + t]) for t in TARGETS if meta.get("resumes_" + t)]
+    if res:
+        out += "; a second connection resumes the session of the first (TLS 1.3 ticket): " + ", ".join(res)
+    return out
+
+
+def tunnel_text(meta):
+    link = "TLS (the edge's certificate)" if meta.get("tunnel_tls", "1") == "1" else "plain http"
+    out = ("gatehouse: edge (client listener, tunnels:) and connector (connect:, %s tunnel connection(s)),"
+           " the connector dials the edge over %s" % (meta.get("tunnel_connections", "?"), link))
+    out += "; ssh -R: OpenSSH sshd and ssh -N -R, cipher %s" % meta.get("ssh_cipher", "?")
+    out += "; both ends of each tunnel on the proxy's CPU; curl, wrk and the backend on the load CPU"
+    return out
+
+
+def goal_lines(med):
+    """One line per target of the issues whose numbers are there."""
+    out = []
+    for scen, metric, text, rule, threshold in GOALS:
+        gh = med.get((scen, metric, "gatehouse"))
+        if not gh:
+            continue
+        if rule in ("best_ratio", "best_fraction"):
+            anchors = [(t, med[(scen, metric, t)][0]) for t in ("nginx", "haproxy")
+                       if (scen, metric, t) in med and med[(scen, metric, t)][0]]
+            if not anchors:
+                continue
+            pick = max if rule == "best_ratio" else min
+            name, best = pick(anchors, key=lambda x: x[1])
+            ratio = gh[0] / best
+            ok = ratio >= threshold if rule == "best_ratio" else ratio <= threshold
+            out.append("%s: %.2fx %s (%s), %s" % (text, ratio, SHOWN.get(name, name),
+                                                   "%g" % round(best, 2), "met" if ok else "missed"))
+        elif rule == "ssh_ratio":
+            ssh = med.get((scen, metric, "ssh"))
+            if not ssh or not ssh[0]:
+                continue
+            ratio = gh[0] / ssh[0]
+            out.append("%s: %.2fx, %s" % (text, ratio, "met" if ratio >= threshold else "missed"))
+        elif rule == "below":
+            out.append("%s: %.2f ms, %s" % (text, gh[0], "met" if gh[0] < threshold else "missed"))
+    return out
+
+
 def cmd_summary(a):
     rows, meta = load(a.results)
     with open(a.info) as f:
@@ -899,7 +957,8 @@ def cmd_summary(a):
     metrics, targets = present(rows)
     rounds = sorted({r["round"] for r in rows})
     anchors = [t for t in ANCHORS if t in targets]
-    header = ["metric", "unit"] + targets + ["gatehouse/" + t for t in anchors] + ["better"]
+    header = (["metric", "unit"] + [SHOWN.get(t, t) for t in targets]
+              + ["gatehouse/" + SHOWN.get(t, t) for t in anchors] + ["better"])
     body = []
     for scen, metric, tmpl, unit, better, kind in metrics:
         line = [label(tmpl, meta), unit]
@@ -926,9 +985,19 @@ def cmd_summary(a):
                % (meta.get("load_start", "?"), meta.get("load_end", "?")))
     machine = "%s cores, %s, %s, %s" % (info["nproc"], info["cpu"], info["kernel"], info["memory"])
     versions = info["versions"]
+    extra = []  # (label, text) lines for the groups that ran
+    scenarios = {r["scenario"] for r in rows}
+    if scenarios & {"tlshs", "tlsclose", "tlska", "tlsidle"}:
+        extra.append(("tls", tls_text(meta)))
+    if scenarios & {"tunbulk", "tunrps", "tunlat", "tunmem"}:
+        extra.append(("tunnel", tunnel_text(meta)))
+    goals = goal_lines(med)
 
-    text = ["", "Summary: medians over %d round(s)" % len(rounds), render(header, body, False), "",
-            "machine:  " + machine, "params:   " + params, "pinning:  " + pinning]
+    text = ["", "Summary: medians over %d round(s)" % len(rounds), render(header, body, False), ""]
+    if goals:
+        text += ["targets (from the issues):"] + ["  " + g for g in goals] + [""]
+    text += ["machine:  " + machine, "params:   " + params, "pinning:  " + pinning]
+    text += ["%-9s %s" % (k + ":", v) for k, v in extra]
     for k, v in versions.items():
         text.append("%-9s %s" % (k + ":", v))
     if failed:
@@ -942,10 +1011,13 @@ def cmd_summary(a):
               "Generated by `%s` on %s. Medians over %d round(s); ratio = gatehouse / anchor "
               "(above 1 is better where higher is better, below 1 where lower is better)."
               % (meta.get("command", "bench/run"), meta.get("date", "?"), len(rounds)), "",
-              render(header, body, True), "",
-              "- machine: " + machine,
-              "- " + params,
-              "- pinning: " + pinning]
+              render(header, body, True), ""]
+        if goals:
+            md += ["Targets from the issues, on these medians:", ""] + ["- " + g for g in goals] + [""]
+        md += ["- machine: " + machine,
+               "- " + params,
+               "- pinning: " + pinning]
+        md += ["- %s: %s" % (k, v) for k, v in extra]
         for k, v in versions.items():
             md.append("- %s: %s" % (k, v))
         if failed:
@@ -969,6 +1041,10 @@ def main():
     s = sub.add_parser("waitport"); s.add_argument("port", type=int); s.add_argument("secs", type=float)
     s.add_argument("pid", type=int, nargs="?", default=0); s.set_defaults(f=cmd_waitport)
     s = sub.add_parser("rss"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_rss)
+    s = sub.add_parser("cpu"); s.add_argument("pids", type=int, nargs="+"); s.set_defaults(f=cmd_cpu)
+    s = sub.add_parser("waithttp"); s.add_argument("port", type=int); s.add_argument("secs", type=float)
+    s.set_defaults(f=cmd_waithttp)
+    s = sub.add_parser("resumes"); s.add_argument("port", type=int); s.set_defaults(f=cmd_resumes)
 
     s = sub.add_parser("requests"); s.add_argument("port", type=int); s.add_argument("n", type=int)
     s.add_argument("--timeout", type=float, default=30); s.add_argument("--deadline", type=float, default=300)
@@ -979,7 +1055,30 @@ def main():
         s.add_argument(name)
     s.add_argument("--port", type=int, required=True); s.add_argument("--pid", type=int, required=True)
     s.add_argument("--conns", type=int, default=4000); s.add_argument("--settle", type=float, default=1.0)
-    s.add_argument("--deadline", type=float, default=120); s.set_defaults(f=cmd_idle)
+    s.add_argument("--deadline", type=float, default=120); s.add_argument("--tls", action="store_true")
+    s.add_argument("--scenario", default="idle"); s.set_defaults(f=cmd_idle)
+
+    s = sub.add_parser("streams")
+    for name in ("results", "round", "target"):
+        s.add_argument(name)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--pids", required=True, help="comma separated: the processes that carry the streams")
+    s.add_argument("--n", type=int, default=200); s.add_argument("--path", required=True)
+    s.add_argument("--settle", type=float, default=1.0); s.add_argument("--deadline", type=float, default=120)
+    s.set_defaults(f=cmd_streams)
+
+    s = sub.add_parser("record-stime")
+    for name in ("results", "round", "target"):
+        s.add_argument(name)
+    s.add_argument("wall", type=float); s.add_argument("cpu", type=float)
+    s.add_argument("outputs", nargs="+"); s.add_argument("--extra-note", default=None)
+    s.set_defaults(f=cmd_record_stime)
+
+    s = sub.add_parser("record-curl")
+    for name in ("results", "round", "target", "curl_output"):
+        s.add_argument(name)
+    s.add_argument("expected", type=int); s.add_argument("cpu", type=float)
+    s.add_argument("--extra-note", default=None); s.set_defaults(f=cmd_record_curl)
 
     s = sub.add_parser("record-wrk")
     for name in ("results", "round", "scenario", "target", "metrics", "wrk_output"):
@@ -1000,7 +1099,8 @@ def main():
     s.set_defaults(f=cmd_meta)
 
     s = sub.add_parser("info"); s.add_argument("--gatehouse", required=True)
-    s.add_argument("--repo", required=True); s.add_argument("--out", required=True); s.set_defaults(f=cmd_info)
+    s.add_argument("--repo", required=True); s.add_argument("--out", required=True)
+    s.add_argument("--tls-tunnel", action="store_true"); s.set_defaults(f=cmd_info)
 
     s = sub.add_parser("table"); s.add_argument("results"); s.add_argument("round", type=int)
     s.set_defaults(f=cmd_table)

@@ -108,6 +108,8 @@ struct gh_listener {
     bool redirect_https;
     bool tls;
     bool admin;             /* the admin listener: requests go to proxy/admin.c */
+    gh_listen_conf_t own;   /* admin: conf points here, not into a config */
+    char own_address[64];
 };
 
 struct gh_conn {

@@ -109,7 +109,8 @@ static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
     for (size_t i = 0; i < cfg->nlistens; i++) {
         const gh_listen_conf_t *lc = &cfg->listens[i];
         for (gh_listener_t *l = srv->listeners; l; l = l->next) {
-            if (strcmp(l->conf->address, lc->address) == 0 && l->tls == lc->tls) {
+            /* the address decides: tls or redirect_https may change on a kept socket */
+            if (strcmp(l->conf->address, lc->address) == 0) {
                 claimed[i] = l;
                 break;
             }
@@ -147,6 +148,7 @@ static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
     for (size_t i = 0; i < cfg->nlistens; i++) {
         claimed[i]->conf = &cfg->listens[i];
         claimed[i]->redirect_https = cfg->listens[i].redirect_https;
+        claimed[i]->tls = cfg->listens[i].tls;
         claimed[i]->next = keep;
         keep = claimed[i];
     }
@@ -155,31 +157,56 @@ static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
     return 0;
 }
 
-/* The admin listener is kept across reloads while its address stays. */
-static int admin_apply(gh_server_t *srv, const gh_config_t *cfg)
+/* The admin listener is kept across reloads while its address stays. A new
+ * address is opened first (admin_prepare) and the old one closed only once
+ * everything else of the reload succeeded (admin_commit). */
+static int admin_prepare(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t **fresh)
 {
-    if (srv->admin && (!cfg->admin.set || strcmp(srv->admin->conf->address, cfg->admin.address) != 0)) {
+    *fresh = NULL;
+    if (!cfg->admin.set || (srv->admin && strcmp(srv->admin->conf->address, cfg->admin.address) == 0))
+        return 0;
+    /* the listener keeps its own copy: it outlives the config it came from */
+    gh_listen_conf_t lc;
+    memset(&lc, 0, sizeof lc);
+    lc.address = (char *)cfg->admin.address;
+    lc.addr = cfg->admin.addr;
+    lc.addrlen = cfg->admin.addrlen;
+    lc.loc = cfg->admin.loc;
+    gh_listener_t *l = listener_open(srv, &lc);
+    if (!l)
+        return -1;
+    l->own = lc;
+    snprintf(l->own_address, sizeof l->own_address, "%s", cfg->admin.address);
+    l->own.address = l->own_address;
+    l->conf = &l->own;
+    l->admin = true;
+    *fresh = l;
+    return 0;
+}
+
+static void admin_commit(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t *fresh)
+{
+    if (srv->admin && (fresh || !cfg->admin.set)) {
         listener_close(srv->admin);
         srv->admin = NULL;
     }
-    if (!cfg->admin.set || srv->admin)
-        return 0;
-    static gh_listen_conf_t admin_conf[2];
-    static char admin_addr[2][64];
-    static int which;
-    /* a stable copy: listener->conf must outlive the config it came from */
-    gh_listen_conf_t *lc = &admin_conf[which ^= 1];
-    memset(lc, 0, sizeof *lc);
-    snprintf(admin_addr[which], sizeof admin_addr[which], "%s", cfg->admin.address);
-    lc->address = admin_addr[which];
-    lc->addr = cfg->admin.addr;
-    lc->addrlen = cfg->admin.addrlen;
-    lc->loc = cfg->admin.loc;
-    gh_listener_t *l = listener_open(srv, lc);
-    if (!l)
+    if (fresh)
+        srv->admin = fresh;
+}
+
+/* Opens everything the new config needs before closing anything: either
+ * all of it applies, or nothing changes. */
+static int sockets_apply(gh_server_t *srv, const gh_config_t *cfg)
+{
+    gh_listener_t *admin = NULL;
+    if (admin_prepare(srv, cfg, &admin) != 0)
         return -1;
-    l->admin = true;
-    srv->admin = l;
+    if (listeners_apply(srv, cfg) != 0) {
+        if (admin)
+            listener_close(admin);
+        return -1;
+    }
+    admin_commit(srv, cfg, admin);
     return 0;
 }
 
@@ -234,7 +261,7 @@ static void reload(gh_server_t *srv)
         return;
     }
     gh_errors_free(&errs);
-    if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
+    if (sockets_apply(srv, cfg) != 0) {
         if (tls)
             gh_tls_server_free(tls);
         gh_plugins_destroy(cfg);
@@ -264,6 +291,11 @@ static void reload(gh_server_t *srv)
 
 static void finish_stop(gh_server_t *srv)
 {
+    /* Closing the handlers restores the default actions; a late signal
+     * must not turn a clean exit into a kill. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
     uv_close((uv_handle_t *)&srv->sig_term, NULL);
     uv_close((uv_handle_t *)&srv->sig_int, NULL);
@@ -405,7 +437,16 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     srv->snap->plugins_created = true;
     srv->snap->tls = tls;
     srv->started_ms = (uint64_t)time(NULL) * 1000;
-    if (listeners_apply(srv, cfg) != 0 || admin_apply(srv, cfg) != 0) {
+    /* Signals are handled before the first connection can arrive: a
+     * SIGTERM right after the port opens must stop gracefully, not kill. */
+    uv_signal_init(srv->loop, &srv->sig_hup);
+    uv_signal_init(srv->loop, &srv->sig_term);
+    uv_signal_init(srv->loop, &srv->sig_int);
+    srv->sig_hup.data = srv->sig_term.data = srv->sig_int.data = srv;
+    uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+    if (sockets_apply(srv, cfg) != 0) {
         gh__snapshot_release(srv->snap);
         uv_run(srv->loop, UV_RUN_NOWAIT);
         return 1;
@@ -417,13 +458,6 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
         return 1;
     }
 
-    uv_signal_init(srv->loop, &srv->sig_hup);
-    uv_signal_init(srv->loop, &srv->sig_term);
-    uv_signal_init(srv->loop, &srv->sig_int);
-    srv->sig_hup.data = srv->sig_term.data = srv->sig_int.data = srv;
-    uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
-    uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
-    uv_signal_start(&srv->sig_int, on_signal, SIGINT);
     uv_timer_init(srv->loop, &srv->shutdown_timer);
     srv->shutdown_timer.data = srv;
     uv_prepare_init(srv->loop, &srv->flush);

@@ -21,9 +21,7 @@ import subprocess
 import threading
 import time
 
-import pytest
-
-from harness import (Closed, Conn, Deadline, ProtocolError, Truncated, build_request,
+from harness import (Closed, Conn, ProtocolError, Truncated, build_request,
                      free_port, request, run_cli, to_yaml, wait_port, wait_until)
 
 WAIT = 15          # seconds one reload may take to show up (sanitizer builds are slow)
@@ -665,6 +663,41 @@ def test_reload_turns_tls_on_and_off_for_the_same_address(gatehouse, tmp_path):
     assert tls_get(port).endswith(b"tls")
     assert sighup_and_wait(gh, cfg(False, "plain again")), gh.stderr()[-1500:]
     assert request(port, host="x.test").body == b"plain again"
+
+
+def test_requests_in_flight_finish_on_the_old_config(gatehouse, aio):
+    """A reload that removes the route and the (health-checked, pooled)
+    upstream of requests still waiting for their answer: they finish with
+    that upstream's answer; the next request on the same connection uses
+    the new config."""
+    port = free_port()
+
+    def cfg(with_upstream):
+        c = base(port, routes=[{"host": "*", "respond": {"status": 200, "body": "new"}}])
+        if with_upstream:
+            c["upstreams"] = {"u": {"servers": [aio.url], "keepalive": 4,
+                                    "health_check": {"path": "/health", "interval": "200ms"}}}
+            c["routes"].insert(0, {"host": "slow.test", "upstream": "u"})
+        return c
+
+    gh = gatehouse(cfg(True), port=port)
+    assert request(port, target="/echo", host="slow.test").status == 200
+    conns = [Conn(port, timeout=15) for _ in range(3)]
+    try:
+        for c in conns:
+            c.send(build_request("GET", "/slow-head?delay=1", "slow.test"))
+        time.sleep(0.3)
+        assert sighup_and_wait(gh, cfg(False)), gh.stderr()[-2000:]
+        assert request(port, target="/echo", host="slow.test").body == b"new"
+        for i, c in enumerate(conns):
+            r = c.read_response(timeout=15)
+            assert r.status == 200 and r.json() == {"slept": 1.0, "server": "A"}, (i, r)
+            c.send(build_request("GET", "/slow-head?delay=1", "slow.test"))
+            r = c.read_response(timeout=15)
+            assert r.status == 200 and r.body == b"new", (i, r)
+    finally:
+        for c in conns:
+            c.close()
 
 
 # ---------------------------------------------------------------- plugin state

@@ -34,9 +34,15 @@ def openssl(*args, cwd=None, input=None, timeout=30):
     return p.stdout
 
 
-def new_key(path):
-    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-pkeyopt", "ec_param_enc:named_curve", "-out", path)
+def new_key(path, kind="ec"):
+    """A new private key: ECDSA P-256, or kind="rsa" for RSA 2048 (only for
+    checking that RSA key transport is refused, which an ECDSA-only server
+    could not offer anyway)."""
+    if kind == "rsa":
+        openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path)
+    else:
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-pkeyopt", "ec_param_enc:named_curve", "-out", path)
     os.chmod(path, 0o600)
     return Path(path)
 
@@ -99,9 +105,10 @@ class PKI:
         as public CAs use, so scanners have nothing to say about it."""
         return str(int("1" + secrets.token_hex(15), 16))
 
-    def _leaf_ext(self, names):
+    def _leaf_ext(self, names, kind="ec"):
+        usage = "digitalSignature,keyEncipherment" if kind == "rsa" else "digitalSignature"
         return ("[v3]\nbasicConstraints=critical,CA:FALSE\n"
-                "keyUsage=critical,digitalSignature\n"
+                f"keyUsage=critical,{usage}\n"
                 "extendedKeyUsage=serverAuth,clientAuth\n"
                 "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
                 # Revocation pointers (never fetched: the tests have no
@@ -110,15 +117,15 @@ class PKI:
                 "authorityInfoAccess=OCSP;URI:http://ocsp.example.test/\n"
                 f"subjectAltName={_san(names)}\n")
 
-    def leaf(self, name, cn, sans, days=365, key=None, chain=True):
+    def leaf(self, name, cn, sans, days=365, key=None, chain=True, kind="ec"):
         """A leaf signed by the intermediate, valid from now for `days`.
-        key: reuse that key file (else a new one). chain: write leaf plus
-        intermediate into NAME.pem (else the leaf alone)."""
-        key = Path(key) if key else new_key(self.d / f"{name}.key")
+        key: reuse that key file (else a new one of kind). chain: write leaf
+        plus intermediate into NAME.pem (else the leaf alone)."""
+        key = Path(key) if key else new_key(self.d / f"{name}.key", kind)
         csr = self.d / f"{name}.csr"
         openssl("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
         ext = self.d / f"{name}.ext"
-        ext.write_text(self._leaf_ext(sans))
+        ext.write_text(self._leaf_ext(sans, kind))
         leaf = self.d / f"{name}.leaf.pem"
         serial = self._next_serial()
         openssl("x509", "-req", "-in", csr, "-CA", self.inter, "-CAkey", self.inter_key,
