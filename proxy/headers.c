@@ -59,6 +59,18 @@ static void ob_put(obuf_t *o, const char *s, size_t n)
 }
 
 #define OB_LIT(o, lit) ob_put((o), lit, sizeof(lit) - 1)
+
+/* Decimal digits without printf: these heads are written for every request. */
+static void ob_u64(obuf_t *o, uint64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof tmp;
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    ob_put(o, tmp + n, sizeof tmp - n);
+}
 static void ob_str(obuf_t *o, const char *s) { ob_put(o, s, strlen(s)); }
 
 static void ob_header(obuf_t *o, const gh_h1_header_t *h)
@@ -85,9 +97,21 @@ static bool ieq(const char *a, size_t an, const char *b, size_t bn)
     return true;
 }
 
-/* Is h named by a token in any Connection header of head? */
-static bool named_in_connection(const gh_h1_head_t *head, const gh_h1_header_t *h)
+/* The field names listed in the Connection headers of a head (RFC 9110
+ * 7.6.1), gathered once so that each header is checked against a short
+ * list instead of re-reading every Connection header. "close",
+ * "keep-alive" and "upgrade" name no field we would forward anyway. */
+#define MAX_CONN_TOKENS 16
+typedef struct {
+    struct { const char *p; size_t n; } t[MAX_CONN_TOKENS];
+    size_t n;
+    bool overflow;          /* too many: fall back to dropping nothing more */
+} conn_tokens_t;
+
+static void conn_tokens(const gh_h1_head_t *head, conn_tokens_t *ct)
 {
+    ct->n = 0;
+    ct->overflow = false;
     for (size_t i = 0; i < head->nheaders; i++) {
         const gh_h1_header_t *c = &head->headers[i];
         if (!GH_H1_NAME_IS(c, "connection"))
@@ -99,10 +123,26 @@ static bool named_in_connection(const gh_h1_head_t *head, const gh_h1_header_t *
             const char *s = p;
             while (p < end && *p != ',' && *p != ' ' && *p != '\t')
                 p++;
-            if (p > s && ieq(s, (size_t)(p - s), h->name, h->name_len))
-                return true;
+            size_t n = (size_t)(p - s);
+            if (n == 0 || ieq(s, n, "close", 5) || ieq(s, n, "keep-alive", 10) ||
+                ieq(s, n, "upgrade", 7))
+                continue;
+            if (ct->n == MAX_CONN_TOKENS) {
+                ct->overflow = true;
+                return;
+            }
+            ct->t[ct->n].p = s;
+            ct->t[ct->n].n = n;
+            ct->n++;
         }
     }
+}
+
+static bool named_in_connection(const conn_tokens_t *ct, const gh_h1_header_t *h)
+{
+    for (size_t i = 0; i < ct->n; i++)
+        if (ieq(ct->t[i].p, ct->t[i].n, h->name, h->name_len))
+            return true;
     return false;
 }
 
@@ -139,10 +179,15 @@ static void ob_set(obuf_t *o, const gh_preq_header_t *set, size_t n)
 
 static bool hop_by_hop(const gh_h1_header_t *h)
 {
-    return GH_H1_NAME_IS(h, "connection") || GH_H1_NAME_IS(h, "keep-alive") ||
-           GH_H1_NAME_IS(h, "proxy-connection") || GH_H1_NAME_IS(h, "te") ||
-           GH_H1_NAME_IS(h, "trailer") || GH_H1_NAME_IS(h, "transfer-encoding") ||
-           GH_H1_NAME_IS(h, "upgrade") || GH_H1_NAME_IS(h, "content-length");
+    switch (h->name_len) {
+    case 2: return GH_H1_NAME_IS(h, "te");
+    case 7: return GH_H1_NAME_IS(h, "trailer") || GH_H1_NAME_IS(h, "upgrade");
+    case 10: return GH_H1_NAME_IS(h, "connection") || GH_H1_NAME_IS(h, "keep-alive");
+    case 14: return GH_H1_NAME_IS(h, "content-length");
+    case 16: return GH_H1_NAME_IS(h, "proxy-connection");
+    case 17: return GH_H1_NAME_IS(h, "transfer-encoding");
+    default: return false;
+    }
 }
 
 static int parse_ip(const char *ip, struct sockaddr_storage *ss)
@@ -236,6 +281,8 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
         else if (GH_H1_NAME_IS(f, "upgrade"))
             upg = f;
     }
+    conn_tokens_t ct;
+    conn_tokens(h, &ct);
     const gh_preq_t *p = r->preq;
     obuf_t o = { .cap = total + strlen(r->path) + (r->query ? strlen(r->query) : 0) +
                         strlen(r->host) * 2 + 512 + (p ? set_bytes(p->req_set, p->nreq_set) : 0) };
@@ -263,7 +310,7 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
             GH_H1_NAME_IS(f, "x-real-ip") || GH_H1_NAME_IS(f, "x-forwarded-host") ||
             GH_H1_NAME_IS(f, "x-forwarded-proto") || GH_H1_NAME_IS(f, "x-request-id") ||
             GH_H1_NAME_IS(f, "x-forwarded-for") ||
-            (GH_H1_NAME_IS(f, "cf-connecting-ip") && !trusted) || named_in_connection(h, f))
+            (GH_H1_NAME_IS(f, "cf-connecting-ip") && !trusted) || named_in_connection(&ct, f))
             continue;
         if (p && edited(f, p->req_remove, p->nreq_remove, p->req_set, p->nreq_set))
             continue;
@@ -308,10 +355,9 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     } else if (r->body_chunked) {
         OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
     } else if (r->has_body) {
-        char cl[48];
-        int n = snprintf(cl, sizeof cl, "Content-Length: %llu\r\n",
-                         (unsigned long long)h->content_length);
-        ob_put(&o, cl, (size_t)n);
+        OB_LIT(&o, "Content-Length: ");
+        ob_u64(&o, h->content_length);
+        OB_LIT(&o, "\r\n");
     }
     OB_LIT(&o, "\r\n");
     if (o.overflow) {
@@ -331,14 +377,16 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
         if (GH_H1_NAME_IS(&rh->headers[i], "upgrade"))
             upg = &rh->headers[i];
     }
+    conn_tokens_t ct;
+    conn_tokens(rh, &ct);
     const gh_preq_t *p = r->preq;
     obuf_t o = { .cap = total + 256 + (p ? set_bytes(p->resp_set, p->nresp_set) : 0) };
     o.p = malloc(o.cap);
     if (!o.p)
         return NULL;
-    char line[64];
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", rh->status);
-    ob_put(&o, line, (size_t)n);
+    OB_LIT(&o, "HTTP/1.1 ");
+    ob_u64(&o, (uint64_t)rh->status);
+    OB_LIT(&o, " ");
     /* Reason phrases carry no meaning (RFC 9112 section 4); send the standard one. */
     const char *reason = gh__status_reason(rh->status);
     ob_str(&o, reason);
@@ -352,7 +400,7 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
             ob_header(&o, f); /* HEAD and 304 describe the body they did not send */
             continue;
         }
-        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "x-request-id") || named_in_connection(rh, f))
+        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "x-request-id") || named_in_connection(&ct, f))
             continue;
         if (p && !informational && edited(f, p->resp_remove, p->nresp_remove, p->resp_set, p->nresp_set))
             continue;
@@ -372,9 +420,9 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
     }
     if (!no_body) {
         if (rh->has_content_length) {
-            n = snprintf(line, sizeof line, "Content-Length: %llu\r\n",
-                         (unsigned long long)rh->content_length);
-            ob_put(&o, line, (size_t)n);
+            OB_LIT(&o, "Content-Length: ");
+            ob_u64(&o, rh->content_length);
+            OB_LIT(&o, "\r\n");
         } else if (!r->http10) {
             OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
             r->resp_chunked = true;

@@ -282,7 +282,7 @@ def test_tls12_only_forward_secret_aead_suites(gatehouse, pki, cert, suite, ok):
 
 # ---------------------------------------------------------------- testssl.sh
 
-def testssl_binary():
+def find_testssl():
     for name in ("testssl", "testssl.sh"):
         p = shutil.which(name)
         if p:
@@ -304,7 +304,7 @@ def testssl_binary():
 FS_KX = re.compile(r"^x[0-9a-f]+\s+(\S+)\s+(ECDH|DH)\b")
 
 
-def testssl_problems(findings):
+def scan_problems(findings):
     """What in testssl's flat JSON findings breaks the contract."""
     bad = []
     for f in findings:
@@ -333,7 +333,7 @@ def testssl_problems(findings):
 
 @pytest.mark.parametrize("cert", ["chat", "rsa"])
 def test_testssl_scan_finds_nothing(gatehouse, pki, tmp_path, cert):
-    exe = testssl_binary()
+    exe = find_testssl()
     if not exe:
         pytest.skip("testssl.sh is not installed and could not be installed with apt-get")
     c = getattr(pki, cert)
@@ -360,7 +360,7 @@ def test_testssl_scan_finds_nothing(gatehouse, pki, tmp_path, cert):
                if f.get("severity") not in ("OK", "INFO", "DEBUG")]
     print(f"testssl ({cert} certificate, {took:.0f} s), findings above INFO:\n  "
           + "\n  ".join(notable))
-    bad = testssl_problems(findings)
+    bad = scan_problems(findings)
     assert not bad, "testssl findings:\n" + "\n".join(bad)
     assert gh.alive()
 
