@@ -68,8 +68,9 @@ METRICS = [
     ("tunbulk", "mibps", "tunnel: one {tunnel_size} stream (curl)", "MiB/s", "higher", "int"),
     ("tunbulk", "cpu_s_per_gib", "tunnel: one {tunnel_size} stream (curl)", "CPU s per GiB, both ends", "lower", "ms"),
     ("tunrps", "rps", "tunnel: small requests, {conns} conns", "requests/s", "higher", "int"),
-    ("tunlat", "p99_ms", "tunnel: small requests, {tunnel_lat_conns} conns", "p99 latency ms", "lower", "ms"),
-    ("tunlat", "added_p99_ms", "tunnel: small requests, {tunnel_lat_conns} conns", "added p99 ms vs direct", "lower", "ms"),
+    ("tunlat", "rps", "tunnel: paced load, {tunnel_lat_conns} conns, {tunnel_lat_delay} ms pauses", "requests/s (the load)", "same", "int"),
+    ("tunlat", "p99_ms", "tunnel: paced load, {tunnel_lat_conns} conns, {tunnel_lat_delay} ms pauses", "p99 latency ms", "lower", "ms"),
+    ("tunlat", "added_p99_ms", "tunnel: paced load, {tunnel_lat_conns} conns, {tunnel_lat_delay} ms pauses", "added p99 ms vs direct", "lower", "ms"),
     ("tunmem", "kib_per_stream", "tunnel: {tunnel_streams} open slow streams", "KiB RSS per stream, both ends", "lower", "kib"),
     ("tunmem", "rss_mib", "tunnel: {tunnel_streams} open slow streams", "MiB RSS in all, both ends", "lower", "mib"),
 ]

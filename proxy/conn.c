@@ -199,6 +199,7 @@ static void conn_linger(gh_conn_t *c)
     if (!c->reading && gh_stream_read_start(c->stream) == 0)
         c->reading = true;
     c->deadline = GH_T_NONE;
+    c->timer_armed = false;
     uv_timer_start(&c->timer, linger_timeout, LINGER_MS, 0);
     /* state stays GH_C_REQUEST with no request: neither idle nor closing */
     c->state = GH_C_REQUEST;
@@ -206,10 +207,28 @@ static void conn_linger(gh_conn_t *c)
 
 /* ---- timers ---- */
 
+static void conn_timeout(uv_timer_t *t);
+
+static void arm(gh_conn_t *c, uint64_t at, uint64_t now)
+{
+    c->timer_at = at;
+    c->timer_armed = true;
+    uv_timer_start(&c->timer, conn_timeout, at > now ? at - now : 1, 0);
+}
+
+/* Deadlines are lazy: moving one later leaves the timer where it is, and
+ * when it fires early it is set again for the real deadline. A request moves
+ * through several deadlines and most of them only ever move later. */
 static void conn_timeout(uv_timer_t *t)
 {
     gh_conn_t *c = t->data;
     gh_config_t *cfg = conn_cfg(c);
+    c->timer_armed = false;
+    uint64_t now = uv_now(c->server->loop);
+    if (c->deadline != GH_T_NONE && c->deadline != GH_T_STREAM && now < c->deadline_at) {
+        arm(c, c->deadline_at, now);
+        return;
+    }
     switch (c->deadline) {
     case GH_T_HEADER:
         if (c->req == NULL && c->len > c->off && c->state == GH_C_HEAD) {
@@ -236,10 +255,9 @@ static void conn_timeout(uv_timer_t *t)
         gh__conn_abort(c);
         return;
     case GH_T_STREAM: {
-        uint64_t now = uv_now(c->server->loop);
         uint64_t limit = cfg->timeouts.stream_idle_ms;
         if (now - c->last_io < limit) {
-            uv_timer_start(&c->timer, conn_timeout, limit - (now - c->last_io), 0);
+            arm(c, c->last_io + limit, now);
             return;
         }
         if (c->req)
@@ -267,8 +285,7 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d)
     c->deadline = d;
     switch (d) {
     case GH_T_NONE:
-        uv_timer_stop(&c->timer);
-        return;
+        return; /* a timer still set finds nothing to do */
     case GH_T_HEADER: ms = cfg->timeouts.header_ms; break;
     case GH_T_IDLE: ms = cfg->timeouts.idle_ms; break;
     case GH_T_CONNECT: ms = cfg->timeouts.upstream_connect_ms; break;
@@ -278,7 +295,10 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d)
         c->last_io = uv_now(c->server->loop);
         break;
     }
-    uv_timer_start(&c->timer, conn_timeout, ms ? ms : 1, 0);
+    uint64_t now = uv_now(c->server->loop);
+    c->deadline_at = now + (ms ? ms : 1);
+    if (!c->timer_armed || c->deadline_at < c->timer_at)
+        arm(c, c->deadline_at, now);
 }
 
 /* ---- reading ---- */

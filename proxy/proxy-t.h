@@ -122,6 +122,9 @@ struct gh_conn {
     enum gh_conn_state state;
     uv_timer_t timer;
     enum gh_deadline deadline;
+    uint64_t deadline_at;   /* uv_now() ms when the current deadline expires */
+    uint64_t timer_at;      /* when the uv timer is set to fire */
+    bool timer_armed;
     uint64_t last_io;       /* uv_now() of the last byte either way, for stream_idle */
     int open_handles;
     struct sockaddr_storage peer;

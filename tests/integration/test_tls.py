@@ -331,7 +331,7 @@ def scan_problems(findings):
     return bad
 
 
-@pytest.mark.parametrize("cert", ["chat", "rsa"])
+@pytest.mark.parametrize("cert", ["default", "rsa"])
 def test_testssl_scan_finds_nothing(gatehouse, pki, tmp_path, cert):
     exe = find_testssl()
     if not exe:
