@@ -59,12 +59,21 @@ static uint64_t now_ns(void)
 
 /* ---- closing ---- */
 
+static void conn_buf_free(gh_conn_t *c)
+{
+    if (c->cap == GH_BUF_SIZE)
+        gh__buf_put(c->buf);
+    else
+        free(c->buf);
+    c->buf = NULL;
+}
+
 static void conn_handle_closed(gh_conn_t *c)
 {
     if (--c->open_handles > 0)
         return;
     gh__server_conn_closed(c->server, c);
-    free(c->buf);
+    conn_buf_free(c);
     free(c);
 }
 
@@ -126,7 +135,7 @@ gh_stream_t *gh__conn_detach(gh_conn_t *c)
 
 void gh__conn_detach_done(gh_conn_t *c)
 {
-    free(c->buf);
+    conn_buf_free(c);
     c->buf = NULL;
     c->cap = c->off = c->len = 0;
 }
@@ -310,7 +319,7 @@ static void conn_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
     if (!c->buf) {
         size_t want = conn_cfg(c)->limits.max_header_bytes + 1;
         c->cap = want > GH_BUF_SIZE ? want : GH_BUF_SIZE;
-        c->buf = malloc(c->cap);
+        c->buf = c->cap == GH_BUF_SIZE ? gh__buf_get() : malloc(c->cap);
         c->off = c->len = 0;
         if (!c->buf) {
             buf->base = NULL;
@@ -800,7 +809,7 @@ void gh__conn_request_done(gh_conn_t *c)
     c->state = GH_C_HEAD;
     if (c->len == c->off) {
         /* Idle keep-alive connections give their buffer back. */
-        free(c->buf);
+        conn_buf_free(c);
         c->buf = NULL;
         c->cap = c->off = c->len = 0;
     }

@@ -104,7 +104,9 @@ static void attempt_drop(attempt_t *a)
 /* ---- streams the edge opens ---- */
 
 typedef struct served {
-    gh_connector_t *c;
+    gh_connector_t *c;      /* only while on_stream runs: it may be freed first */
+    char tunnel[64];
+    bool st_failed;         /* the tunnel stream ended before the relay began */
     gh_stream_t *st;        /* tunnel stream */
     gh_tcp_stream_t tcp;    /* to the local service */
     bool tcp_closed, st_closed, relaying;
@@ -134,16 +136,17 @@ static void relay_done(void *data, int error, unsigned long long up, unsigned lo
 {
     served_t *v = data;
     gh_log_debug("tunnel %s: stream done (%llu bytes to the service, %llu back)%s%s",
-                 v->c->tunnel, up, down, error ? ": " : "", error ? uv_strerror(error) : "");
+                 v->tunnel, up, down, error ? ": " : "", error ? uv_strerror(error) : "");
     free(v);
 }
 
 static void service_connected(gh_stream_t *s, int status)
 {
     served_t *v = s->data;
-    if (status < 0) {
-        gh_log_warn("tunnel %s: cannot reach the local service: %s", v->c->tunnel,
-                    uv_strerror(status));
+    if (status < 0 || v->st_failed) {
+        if (status < 0)
+            gh_log_warn("tunnel %s: cannot reach the local service: %s", v->tunnel,
+                        uv_strerror(status));
         v->tcp.base.on_close = served_tcp_closed;
         v->st->data = v;
         v->st->on_close = served_st_closed;
@@ -171,9 +174,10 @@ static void ignore_alloc(gh_stream_t *s, size_t n, uv_buf_t *b)
 
 static void ignore_read(gh_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
-    (void)s;
-    (void)n;
+    served_t *v = s->data;
     (void)b;
+    if (n < 0)
+        v->st_failed = true; /* the session ended while the service was connecting */
 }
 
 static int on_stream(gh_tsession_t *s, gh_stream_t *st, const char *service, void *data)
@@ -192,6 +196,7 @@ static int on_stream(gh_tsession_t *s, gh_stream_t *st, const char *service, voi
     if (!v)
         return -1;
     v->c = c;
+    snprintf(v->tunnel, sizeof v->tunnel, "%s", c->tunnel);
     v->st = st;
     st->data = v;
     st->on_alloc = ignore_alloc;

@@ -46,6 +46,17 @@ static void touch(gh_req_t *r)
     r->conn->last_io = uv_now(r->conn->server->loop);
 }
 
+/* A pooled connection that the server closed just as the request went out
+ * looks like a failure with nothing answered. Retrying then is only safe
+ * for methods without side effects (RFC 9110 9.2.1); anything else gets
+ * its 502. */
+static bool stale_retry_ok(const gh_req_t *r, const gh_uconn_t *uc)
+{
+    return uc->requests > 0 && !r->has_body && !r->resp_head_parsed && !r->retried_stale &&
+           (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0 ||
+            strcmp(r->method, "OPTIONS") == 0);
+}
+
 /* Detaches and closes the upstream connection of r, if any. */
 static void drop_upstream(gh_req_t *r, bool reusable)
 {
@@ -153,6 +164,10 @@ static void acquire(gh_req_t *r)
 {
     gh__upstream_cancel(r);
     r->phase = GH_R_CONNECTING;
+    /* a retry starts over: its connect and first byte are timed afresh */
+    r->req_sent = false;
+    r->uhead_sent = false;
+    gh__conn_set_deadline(r->conn, GH_T_CONNECT);
     int rc = gh__upstream_acquire(r, uc_ready);
     if (rc < 0) {
         gh_log_warn("request %s: upstream %s: %s", r->request_id, r->up->conf->name,
@@ -173,7 +188,7 @@ static void upstream_written(gh_write_req_t *w, int status)
     if (status < 0) {
         /* A pooled connection the server had already closed: nothing of the
          * request was taken, so a fresh connection may carry it once. */
-        if (uc->requests > 0 && !r->has_body && !r->resp_head_parsed && !r->retried_stale) {
+        if (stale_retry_ok(r, uc)) {
             r->retried_stale = true;
             drop_upstream(r, false);
             if (r->srv) {
@@ -263,7 +278,9 @@ static void pump_request(gh_req_t *r)
 
 void gh__proxy_client_data(gh_req_t *r)
 {
-    if (r->phase == GH_R_SENDING)
+    /* The upstream may answer before the body is all there (and keep
+     * reading it): the body goes on being forwarded while it responds. */
+    if (r->phase == GH_R_SENDING || (r->phase == GH_R_RESPONDING && !r->req_sent))
         pump_request(r);
     else if (r->phase == GH_R_TUNNEL)
         tunnel_up(r);
@@ -293,7 +310,7 @@ static void uc_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
     gh_uconn_t *uc = s->data;
     (void)suggested;
     if (!uc->buf) {
-        uc->buf = malloc(GH_BUF_SIZE);
+        uc->buf = gh__buf_get();
         if (!uc->buf) {
             buf->base = NULL;
             buf->len = 0;
@@ -441,6 +458,10 @@ static void process_response(gh_req_t *r)
         r->resp_head_parsed = true;
         r->phase = GH_R_RESPONDING;
         gh__conn_set_deadline(c, GH_T_STREAM);
+        /* an answer before the whole body arrived: the client connection
+         * cannot be trusted to be at a request boundary afterwards */
+        if (!r->req_body_done)
+            r->resp_close = true;
         free(r->rhead);
         r->rhead = gh__build_response_head(r, rh, &r->rhead_len);
         if (!r->rhead) {
@@ -521,8 +542,16 @@ static void process_response(gh_req_t *r)
         }
         r->uc_consumed += used;
     }
-    if (!flush_response(r) && r->resp_done)
+    if (flush_response(r))
+        return;
+    if (r->resp_done) {
         finish_response(r);
+        return;
+    }
+    /* Parsed but nothing to send (chunk extensions, trailers, interim
+     * heads): nothing points into the buffer, so it starts over. */
+    if (r->uc_consumed == uc->len)
+        uc->len = r->uc_consumed = 0;
 }
 
 static void upstream_eof(gh_req_t *r, ssize_t err)
@@ -543,7 +572,7 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
         return;
     }
     if (!r->resp_head_parsed) {
-        if (uc->requests > 0 && !r->has_body && !r->retried_stale && uc->len == 0) {
+        if (stale_retry_ok(r, uc) && uc->len == 0) {
             r->retried_stale = true;
             drop_upstream(r, false);
             if (r->srv) {
@@ -588,7 +617,7 @@ static void uc_read(gh_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         gh_stream_close(uc->stream);
         return;
     }
-    if (nread == 0)
+    if (nread == 0 || nread == UV_ENOBUFS)
         return;
     if (nread < 0) {
         upstream_eof(r, nread);

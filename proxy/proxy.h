@@ -70,6 +70,11 @@ void gh__request_id(char out[33]);
  * proxies, CF-Connecting-IP or X-Forwarded-For. Needs r->head. */
 void gh__real_client(gh_req_t *r);
 
+/* bufcache.c: GH_BUF_SIZE buffers, reused */
+void *gh__buf_get(void);
+void gh__buf_put(void *b);
+void gh__buf_cache_clear(void);
+
 /* accesslog.c */
 int gh__accesslog_open(const gh_config_t *cfg);
 void gh__accesslog_write(gh_req_t *r);

@@ -291,14 +291,14 @@ static void reload(gh_server_t *srv)
 
 static void finish_stop(gh_server_t *srv)
 {
-    /* Closing the handlers restores the default actions; a late signal
-     * must not turn a clean exit into a kill. */
-    signal(SIGTERM, SIG_IGN);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
     uv_close((uv_handle_t *)&srv->sig_term, NULL);
     uv_close((uv_handle_t *)&srv->sig_int, NULL);
+    /* Closing the handlers restored the default actions (libuv does it at
+     * once); a late signal must not turn a clean exit into a kill. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&srv->flush, NULL);
     if (srv->snap) {
@@ -447,7 +447,11 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
     uv_signal_start(&srv->sig_int, on_signal, SIGINT);
     if (sockets_apply(srv, cfg) != 0) {
+        uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+        uv_close((uv_handle_t *)&srv->sig_term, NULL);
+        uv_close((uv_handle_t *)&srv->sig_int, NULL);
         gh__snapshot_release(srv->snap);
+        srv->snap = NULL;
         uv_run(srv->loop, UV_RUN_NOWAIT);
         return 1;
     }
@@ -470,6 +474,7 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_run(srv->loop, UV_RUN_DEFAULT);
     gh__accesslog_flush();
     gh__tunnels_free(srv);
+    gh__buf_cache_clear();
     if (pid_file) {
         unlink(pid_file);
         free(pid_file);

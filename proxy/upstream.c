@@ -234,7 +234,7 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
 static void uconn_closed(gh_stream_t *s)
 {
     gh_uconn_t *uc = s->data;
-    free(uc->buf);
+    gh__buf_put(uc->buf);
     free(uc);
 }
 
@@ -282,7 +282,7 @@ void gh__uconn_release(gh_uconn_t *uc, bool reusable)
     uc->req = NULL;
     uc->len = 0;
     if (reusable && sv && sv->nidle < sv->up->conf->keepalive && !uc->stream->closing) {
-        free(uc->buf);
+        gh__buf_put(uc->buf);
         uc->buf = NULL;
         uc->state = GH_UC_IDLE;
         uc->requests++;

@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
