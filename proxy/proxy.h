@@ -32,6 +32,15 @@ void gh__conn_detach_done(gh_conn_t *c);
 /* A write callback that frees its malloc'd request. */
 void gh__free_write_req(gh_write_req_t *w, int status);
 
+/* request.c: how a request starts. */
+/* Scans what the connection has read for a request head and starts it. */
+void gh__conn_process_head(gh_conn_t *c);
+/* A request with only the part before its head table zeroed. */
+gh_req_t *gh__req_alloc(void);
+/* CLOCK_MONOTONIC in nanoseconds (defined with the plugins, which time
+ * rate limits with it). */
+uint64_t gh__now_ns(void);
+
 /* respond.c: answers made by gatehouse itself. */
 void gh__respond_error(gh_req_t *r, int status);
 void gh__respond(gh_req_t *r, int status, const char *content_type,
