@@ -296,8 +296,12 @@ void gh__proxy_client_eof(gh_req_t *r)
             gh__conn_request_done(r->conn);
         return;
     }
-    if (!r->req_body_done) {
-        /* gone in the middle of its own request */
+    /* Gone in the middle of its own request, or while its answer is still
+     * on the way: the upstream's work (an LLM generation, a big download)
+     * is for nobody now, so it is cut at once rather than at the next
+     * write that fails. */
+    if (!r->req_body_done || r->phase == GH_R_WAITING || r->phase == GH_R_RESPONDING ||
+        r->phase == GH_R_CONNECTING || r->phase == GH_R_SENDING) {
         r->status = 499;
         gh__conn_abort(r->conn);
     }
