@@ -48,6 +48,9 @@ struct gh_connector {
     struct attempt *att;    /* the connection being set up */
     gh_tsession_t *sess;    /* once up */
     bool stopping;
+    bool retiring;          /* going away: freed once its session has drained */
+    void (*retired)(void *);/* called when a retired connector is gone */
+    void *retired_data;
     bool timer_closed;
     unsigned streams_served;
 };
@@ -214,11 +217,18 @@ static int on_stream(gh_tsession_t *s, gh_stream_t *st, const char *service, voi
     return 0;
 }
 
+static void connector_free(uv_handle_t *h);
+
 static void session_closed(gh_tsession_t *s, int reason, void *data)
 {
     gh_connector_t *c = data;
     (void)s;
     c->sess = NULL;
+    if (c->retiring) {
+        gh_log_info("tunnel %s: connection %u drained", c->tunnel, c->index);
+        uv_close((uv_handle_t *)&c->timer, connector_free);
+        return;
+    }
     gh_log_warn("tunnel %s: connection %u to %s ended: %s", c->tunnel, c->index,
                 c->edge_authority, reason ? uv_strerror(reason) : "go-away");
     if (!c->stopping)
@@ -549,6 +559,8 @@ bool gh_connector_up(const gh_connector_t *c)
 static void connector_free(uv_handle_t *h)
 {
     gh_connector_t *c = h->data;
+    if (c->retired)
+        c->retired(c->retired_data);
     for (size_t i = 0; i < c->nservices; i++) {
         free(c->services[i].name);
         free(c->services[i].host);
@@ -565,8 +577,33 @@ static void connector_free(uv_handle_t *h)
     free(c);
 }
 
+void gh_connector_retire(gh_connector_t *c, void (*done)(void *), void *data)
+{
+    c->stopping = true;
+    c->retiring = true;
+    c->retired = done;
+    c->retired_data = data;
+    uv_timer_stop(&c->timer);
+    if (c->att)
+        attempt_drop(c->att);
+    /* No new streams either way; the session ends by itself once the
+     * streams it carries are done, and session_closed frees c. */
+    if (c->sess)
+        gh_tsession_goaway(c->sess);
+    else
+        uv_close((uv_handle_t *)&c->timer, connector_free);
+}
+
 void gh_connector_stop(gh_connector_t *c)
 {
+    if (c->retiring) {
+        /* a drain that took too long: end it now */
+        if (c->sess) {
+            gh_tsession_t *s = c->sess;
+            gh_tsession_close(s); /* session_closed frees c */
+        }
+        return;
+    }
     c->stopping = true;
     uv_timer_stop(&c->timer);
     if (c->att)

@@ -253,6 +253,8 @@ struct gh_server {
     gh_tunnel_rt_t *tunnels;        /* connector sessions, by tunnel name */
     struct gh_connector **connectors;   /* this process dialing out */
     size_t nconnectors;
+    struct gh_connector **retiring;     /* draining after a reload or at stop */
+    size_t nretiring;
     uint64_t reloads_ok, reloads_failed;
     uint64_t started_ms;    /* wall clock at start, for /status */
     uint64_t last_reload_ms;/* wall clock of the last reload attempt */

@@ -12,6 +12,8 @@ gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg);
 void gh__snapshot_retain(gh_snapshot_t *s);
 void gh__snapshot_release(gh_snapshot_t *s);
 void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c);
+/* While stopping: finishes the stop once nothing is left to drain. */
+void gh__server_check_stopped(gh_server_t *srv);
 
 /* conn.c: the client side of HTTP/1.1. */
 void gh__conn_accept(gh_listener_t *l);
@@ -68,6 +70,9 @@ void gh__upstream_cancel(gh_req_t *r);
 void gh__uconn_release(gh_uconn_t *uc, bool reusable);
 void gh__upstream_init(gh_snapshot_t *s);
 void gh__upstream_fini(gh_snapshot_t *s);
+/* Closes the pooled idle connections (at stop: they would keep going-away
+ * tunnel sessions open). */
+void gh__upstream_close_idle(gh_snapshot_t *s);
 void gh__upserver_failed(gh_upserver_t *srv, uint64_t now);
 
 /* headers.c: heads that gatehouse writes. Each returns a malloc'd buffer. */

@@ -165,11 +165,12 @@ static int run_plugins(gh_req_t *r)
     for (size_t i = 0; i < h->nheaders; i++)
         bytes += h->headers[i].name_len + h->headers[i].value_len + 2;
     r->preq = malloc(sizeof *r->preq);
+    if (r->preq)
+        gh_preq_init(r->preq); /* answers read its edits even when we fail below */
     r->preq_strs = malloc(bytes + h->nheaders * sizeof(gh_preq_header_t) + 1);
     if (!r->preq || !r->preq_strs)
         return 500;
     gh_preq_t *p = r->preq;
-    gh_preq_init(p);
     gh_preq_header_t *hs = (gh_preq_header_t *)r->preq_strs;
     char *o = r->preq_strs + h->nheaders * sizeof(gh_preq_header_t);
     for (size_t i = 0; i < h->nheaders; i++) {

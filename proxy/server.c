@@ -316,7 +316,12 @@ void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
-    if (srv->stopping && srv->nconns == 0 && srv->snap)
+    gh__server_check_stopped(srv);
+}
+
+void gh__server_check_stopped(gh_server_t *srv)
+{
+    if (srv->stopping && srv->nconns == 0 && srv->nretiring == 0 && srv->snap)
         finish_stop(srv);
 }
 
@@ -324,6 +329,7 @@ static void shutdown_expired(uv_timer_t *t)
 {
     gh_server_t *srv = t->data;
     gh_log_warn("shutdown timeout: closing %u connection(s)", srv->nconns);
+    gh__connectors_force(srv);
     for (gh_conn_t *c = srv->conns, *n; c; c = n) {
         n = c->next;
         gh__conn_abort(c);
@@ -339,8 +345,11 @@ static void begin_stop(gh_server_t *srv)
     }
     srv->stopping = true;
     gh_log_info("stopping: %u connection(s) to finish", srv->nconns);
+    /* Tunnels drain like any connection: no new streams, those in flight
+     * finish, within timeouts.shutdown. */
     gh__connectors_stop(srv);
-    gh__tunnels_close(srv);
+    gh__tunnels_goaway(srv);
+    gh__upstream_close_idle(srv->snap);
     for (gh_listener_t *l = srv->listeners, *n; l; l = n) {
         n = l->next;
         listener_close(l);
@@ -354,7 +363,7 @@ static void begin_stop(gh_server_t *srv)
         n = c->next;
         gh__conn_close_idle(c);
     }
-    if (srv->nconns == 0) {
+    if (srv->nconns == 0 && srv->nretiring == 0) {
         finish_stop(srv);
         return;
     }
@@ -474,6 +483,7 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_run(srv->loop, UV_RUN_DEFAULT);
     gh__accesslog_flush();
     gh__tunnels_free(srv);
+    free(srv->retiring);
     gh__buf_cache_clear();
     if (pid_file) {
         unlink(pid_file);

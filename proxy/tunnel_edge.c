@@ -18,6 +18,7 @@ struct gh_tunnel_rt {
     gh_tunnel_rt_t *next;
     char *name;
     gh_tsession_t **sess;
+    struct attached **att;      /* parallel to sess */
     size_t n, cap;
     unsigned long long attached;    /* sessions ever attached */
 };
@@ -26,6 +27,7 @@ typedef struct attached {
     gh_server_t *srv;
     gh_tunnel_rt_t *t;
     gh_conn_t *conn;
+    uint8_t token_sha256[32];   /* what it attached with, to evict it on rotation */
 } attached_t;
 
 static gh_tunnel_rt_t *find(gh_server_t *srv, const char *name, bool create)
@@ -49,7 +51,9 @@ static void detach(gh_tunnel_rt_t *t, gh_tsession_t *s)
 {
     for (size_t i = 0; i < t->n; i++) {
         if (t->sess[i] == s) {
-            t->sess[i] = t->sess[--t->n];
+            t->n--;
+            t->sess[i] = t->sess[t->n];
+            t->att[i] = t->att[t->n];
             return;
         }
     }
@@ -128,11 +132,24 @@ void gh__tunnel_accept(gh_req_t *r)
 
     gh_tunnel_rt_t *t = find(srv, tc->name, true);
     attached_t *a = calloc(1, sizeof *a);
-    if (!t || !a || (t->n == t->cap && !(t->sess = realloc(t->sess, (t->cap = t->cap ? 2 * t->cap : 4) * sizeof *t->sess)))) {
+    if (t && a && t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 4;
+        gh_tsession_t **grown = realloc(t->sess, cap * sizeof *grown);
+        if (grown)
+            t->sess = grown;
+        struct attached **agrown = grown ? realloc(t->att, cap * sizeof *agrown) : NULL;
+        if (agrown) {
+            t->att = agrown;
+            t->cap = cap;
+        }
+    }
+    if (!t || !a || t->n == t->cap) {
         free(a);
         gh__respond_error(r, 500);
         return;
     }
+    memcpy(a->token_sha256, tc->token_sha256, 32);
+    uint64_t heartbeat_ms = tc->heartbeat_ms; /* tc goes with the request below */
     a->srv = srv;
     a->t = t;
     a->conn = c;
@@ -156,7 +173,7 @@ void gh__tunnel_accept(gh_req_t *r)
     }
     static const gh_tsession_cbs_t cbs = { .on_stream = NULL, .on_close = session_closed };
     gh_tsession_t *s = gh_tsession_new(srv->loop, link, pending, npending, true,
-                                       tc->heartbeat_ms, &cbs, a);
+                                       heartbeat_ms, &cbs, a);
     gh__conn_detach_done(c);
     if (!s) {
         free(a);
@@ -164,6 +181,7 @@ void gh__tunnel_accept(gh_req_t *r)
         return;
     }
     c->tsess = s;
+    t->att[t->n] = a;
     t->sess[t->n++] = s;
     t->attached++;
     gh_log_info("tunnel %s: connector attached from %s (%zu connection(s))", t->name,
@@ -203,11 +221,11 @@ void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *con
         *streams += gh_tsession_nstreams(t->sess[i]);
 }
 
-void gh__tunnels_close(gh_server_t *srv)
+void gh__tunnels_goaway(gh_server_t *srv)
 {
     for (gh_tunnel_rt_t *t = srv->tunnels; t; t = t->next)
-        while (t->n > 0)
-            gh_tsession_close(t->sess[t->n - 1]); /* its on_close detaches it */
+        for (size_t i = 0; i < t->n; i++)
+            gh_tsession_goaway(t->sess[i]);
 }
 
 void gh__tunnels_free(gh_server_t *srv)
@@ -216,26 +234,66 @@ void gh__tunnels_free(gh_server_t *srv)
         gh_tunnel_rt_t *t = srv->tunnels;
         srv->tunnels = t->next;
         free(t->sess);
+        free(t->att);
         free(t->name);
         free(t);
     }
 }
 
-/* Tunnels a reload removed: their connectors are told to go away. */
+/* Tunnels a reload removed, and connections made with a token that is no
+ * longer the tunnel's: they are told to go away (streams in flight finish;
+ * a connector with the new token attaches afresh). */
 void gh__tunnels_reconcile(gh_server_t *srv, const gh_config_t *cfg)
 {
     for (gh_tunnel_rt_t *t = srv->tunnels; t; t = t->next) {
-        bool kept = false;
+        const gh_tunnel_conf_t *tc = NULL;
         for (size_t i = 0; i < cfg->ntunnels; i++)
             if (strcmp(cfg->tunnels[i].name, t->name) == 0)
-                kept = true;
-        if (!kept)
-            for (size_t i = 0; i < t->n; i++)
+                tc = &cfg->tunnels[i];
+        for (size_t i = 0; i < t->n; i++)
+            if (!tc || CRYPTO_memcmp(t->att[i]->token_sha256, tc->token_sha256, 32) != 0)
                 gh_tsession_goaway(t->sess[i]);
     }
 }
 
 /* ---- connectors of this process ---- */
+
+typedef struct retiring_ref {
+    gh_server_t *srv;
+    gh_connector_t *c;
+} retiring_ref_t;
+
+static void retired(void *data)
+{
+    retiring_ref_t *ref = data;
+    gh_server_t *srv = ref->srv;
+    for (size_t i = 0; i < srv->nretiring; i++) {
+        if (srv->retiring[i] == ref->c) {
+            srv->retiring[i] = srv->retiring[--srv->nretiring];
+            break;
+        }
+    }
+    free(ref);
+    gh__server_check_stopped(srv);
+}
+
+static void retire(gh_server_t *srv, gh_connector_t *c)
+{
+    retiring_ref_t *ref = malloc(sizeof *ref);
+    gh_connector_t **grown = realloc(srv->retiring, (srv->nretiring + 1) * sizeof *grown);
+    if (!ref || !grown) {
+        free(ref);
+        if (grown)
+            srv->retiring = grown;
+        gh_connector_stop(c);
+        return;
+    }
+    srv->retiring = grown;
+    srv->retiring[srv->nretiring++] = c;
+    ref->srv = srv;
+    ref->c = c;
+    gh_connector_retire(c, retired, ref);
+}
 
 void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
 {
@@ -264,9 +322,10 @@ void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
                 k++;
         }
     }
+    /* the ones a reload dropped finish what they carry, then go */
     for (size_t m = 0; m < srv->nconnectors; m++)
         if (srv->connectors[m])
-            gh_connector_stop(srv->connectors[m]);
+            retire(srv, srv->connectors[m]);
     free(srv->connectors);
     srv->connectors = next;
     srv->nconnectors = k;
@@ -275,8 +334,22 @@ void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
 void gh__connectors_stop(gh_server_t *srv)
 {
     for (size_t m = 0; m < srv->nconnectors; m++)
-        gh_connector_stop(srv->connectors[m]);
+        retire(srv, srv->connectors[m]);
     free(srv->connectors);
     srv->connectors = NULL;
     srv->nconnectors = 0;
+}
+
+void gh__connectors_force(gh_server_t *srv)
+{
+    /* gh_connector_stop on a retiring connector ends its session; the
+     * callback then takes it off the list, so walk a copy */
+    size_t n = srv->nretiring;
+    gh_connector_t **copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (!copy)
+        return;
+    memcpy(copy, srv->retiring, n * sizeof *copy);
+    for (size_t i = 0; i < n; i++)
+        gh_connector_stop(copy[i]);
+    free(copy);
 }

@@ -16,11 +16,14 @@ void gh__tunnel_accept(gh_req_t *r);
 gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *service);
 void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *conns, unsigned *streams);
 void gh__tunnels_reconcile(gh_server_t *srv, const gh_config_t *cfg);
-void gh__tunnels_close(gh_server_t *srv);
+void gh__tunnels_goaway(gh_server_t *srv);
 void gh__tunnels_free(gh_server_t *srv);
 
 /* Starts, keeps or stops connectors so they match cfg->connects. */
 void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg);
+/* Graceful: every connector drains (go-away) and then goes. */
 void gh__connectors_stop(gh_server_t *srv);
+/* Ends the drains still running (shutdown timeout). */
+void gh__connectors_force(gh_server_t *srv);
 
 #endif

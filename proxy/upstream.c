@@ -61,6 +61,27 @@ void gh__upstream_init(gh_snapshot_t *s)
     }
 }
 
+static void close_idle(gh_upserver_t *sv)
+{
+    while (sv->idle) {
+        gh_uconn_t *uc = sv->idle;
+        sv->idle = uc->next;
+        sv->nidle--;
+        uc->srv = NULL;
+        uc->state = GH_UC_CLOSED;
+        gh_stream_close(uc->stream);
+    }
+}
+
+void gh__upstream_close_idle(gh_snapshot_t *s)
+{
+    if (!s || !s->ups)
+        return;
+    for (size_t i = 0; i < s->cfg->nupstreams; i++)
+        for (size_t j = 0; j < s->ups[i].n; j++)
+            close_idle(&s->ups[i].servers[j]);
+}
+
 void gh__upstream_fini(gh_snapshot_t *s)
 {
     if (!s->ups)
