@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import Conn, Deadline
+from harness import Conn, Deadline, Nginx
 
 OPENSSL = "/usr/bin/openssl"
 
@@ -275,19 +275,15 @@ def tls_ready(port, seconds=10):
 
 # ---------------------------------------------------------------- nginx over TLS
 
-class NginxTLS:
+class NginxTLS(Nginx):
     """nginx serving root over TLS (cert, key) on 127.0.0.1 with its own
     prefix in workdir. /sni answers the SNI name the client sent, /conn the
     connection number and how many requests it has carried."""
 
     def __init__(self, root, workdir, cert, key, binary="/usr/sbin/nginx"):
-        self.root = Path(root)
-        self.workdir = Path(workdir)
+        super().__init__(root, workdir, binary)
         self.cert = Path(cert)
         self.key = Path(key)
-        self.binary = binary
-        self.proc = None
-        self.port = None
 
     def _conf(self, port):
         w = self.workdir
@@ -324,44 +320,9 @@ http {{
 }}
 """
 
-    def start(self, seconds=15):
-        from harness import StartError, free_port, wait_port
-        if not os.path.exists(self.binary):
-            raise StartError(f"nginx not found at {self.binary}")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        last = ""
-        for _ in range(3):
-            port = free_port()
-            conf = self.workdir / "nginx.conf"
-            conf.write_text(self._conf(port))
-            self.log = open(self.workdir / "nginx.out", "wb")
-            self.proc = subprocess.Popen(
-                [self.binary, "-p", str(self.workdir), "-c", str(conf),
-                 "-e", str(self.workdir / "error.log")],
-                stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-            if wait_port(port, seconds, self.proc):
-                self.port = port
-                return self
-            self.stop()
-            try:
-                last = (self.workdir / "error.log").read_text(errors="replace")
-            except OSError:
-                last = ""
-        raise StartError(f"nginx (TLS) did not start:\n{last[-3000:]}")
-
     def access_log(self):
         try:
             return (self.workdir / "access.log").read_text(errors="replace")
         except OSError:
             return ""
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
