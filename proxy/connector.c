@@ -154,7 +154,7 @@ static void service_connected(gh_stream_t *s, int status)
         v->st->data = v;
         v->st->on_close = served_st_closed;
         gh_stream_close(&v->tcp.base);
-        gh_stream_close(v->st);
+        gh_tsession_stream_refuse(v->st); /* nothing reached the service */
         return;
     }
     v->relaying = true;

@@ -106,6 +106,15 @@ void gh_tsession_goaway(gh_tsession_t *s);
  * returns. Nothing happens if the session has already ended. */
 void gh_tsession_close(gh_tsession_t *s);
 
+/* Closes an accepted stream with RESET(REFUSED) instead of a plain reset,
+ * when its service turned out to be unreachable: the opener then knows
+ * nothing was processed. on_close still runs as for gh_stream_close. */
+void gh_tsession_stream_refuse(gh_stream_t *st);
+
+/* Whether a pooled stream may carry another request: its session takes new
+ * work (not ending, no go-away), so a draining session is left to drain. */
+bool gh_tsession_stream_reusable(const gh_stream_t *st);
+
 /* What a tunnel stream holds, for status pages and tests. */
 typedef struct gh_tstream_info {
     uint32_t id;

@@ -394,3 +394,17 @@ void gh_tsession_stream_info(const gh_stream_t *b, gh_tstream_info_t *out)
     out->tx_window = st->tx_win;
     out->tx_queued = st->tx_queued;
 }
+
+void gh_tsession_stream_refuse(gh_stream_t *b)
+{
+    if (b->closing)
+        return;
+    b->closing = 1;
+    gh__tun_stream_close((gh__tstream_t *)b, GH_TF_RESET_REFUSED);
+}
+
+bool gh_tsession_stream_reusable(const gh_stream_t *b)
+{
+    const gh__tstream_t *st = (const gh__tstream_t *)b;
+    return !b->closing && gh_tsession_can_open(st->s);
+}

@@ -7,6 +7,7 @@
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 #include "proxy/tunnel_edge.h"
+#include "proxy/tunnel_session.h"
 #include "tls/tls.h"
 
 /* A server that refuses connections is skipped for a while, growing with
@@ -216,6 +217,13 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
             sv->idle->prev = NULL;
         sv->nidle--;
         uc->next = uc->prev = NULL;
+        if (sv->conf->scheme == GH_SCHEME_TUNNEL && !gh_tsession_stream_reusable(uc->stream)) {
+            /* its connection is going away: let it drain */
+            uc->srv = NULL;
+            uc->state = GH_UC_CLOSED;
+            gh_stream_close(uc->stream);
+            continue;
+        }
         gh_stream_read_stop(uc->stream);
         uc->state = GH_UC_ACTIVE;
         cb(r, uc, 0);
