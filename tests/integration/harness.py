@@ -878,3 +878,50 @@ class ScriptedServer:
         self.thread.join(5)
         for t in self.threads:
             t.join(5)
+
+
+# ---------------------------------------------------------------- streams
+
+def read_events(conn, head, timeout):
+    """Yields (arrival time, event text) for each server-sent event."""
+    buf = b""
+    for piece in conn.iter_body(head, timeout=timeout):
+        t = time.time()
+        buf += piece
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            yield t, ev.decode()
+
+
+def data_of(event):
+    return "\n".join(ln[5:].lstrip() for ln in event.splitlines() if ln.startswith("data:"))
+
+
+async def websocket_echo_exchange(url, n_text, n_binary):
+    """Text, binary, a message larger than one read and a burst of 200
+    written before any echo is read, against an echoing WebSocket at url;
+    every echo must come back equal. Returns the close code."""
+    import asyncio
+    import websockets
+    from pattern import MAX_SLICE, pattern
+    async with websockets.connect(url, open_timeout=10, close_timeout=5, max_size=None,
+                                  ping_interval=None) as ws:
+        for i in range(n_text):
+            msg = f"text {i} " + "é✓" * (i % 7) + "x" * (i * 37)
+            await ws.send(msg)
+            assert await asyncio.wait_for(ws.recv(), 10) == msg
+        for i in range(n_binary):
+            data = pattern(i * 1000, (i * 7919) % 200000 + 1)
+            await ws.send(data)
+            assert await asyncio.wait_for(ws.recv(), 10) == data
+        big = pattern(0, MAX_SLICE) + pattern(MAX_SLICE, MAX_SLICE)
+        await ws.send(big)
+        assert await asyncio.wait_for(ws.recv(), 30) == big
+        # A burst: the client writes 200 messages before reading any echo.
+        burst = [pattern(i, 4096 + i) if i % 2 else f"burst {i}" for i in range(200)]
+        for m in burst:
+            await ws.send(m)
+        for m in burst:
+            assert await asyncio.wait_for(ws.recv(), 10) == m
+        await ws.close()
+        return ws.close_code

@@ -26,7 +26,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import (Conn, Deadline, binary_has_asan, build_request, free_port, run_cli,
+from harness import (Conn, Deadline, binary_has_asan, build_request, data_of, free_port,
+                     read_events, run_cli,
                      to_yaml, wait_port, wait_until)
 from pattern import MAX_SLICE, pattern, pattern_pieces
 from tls_util import (PKI, NginxTLS, TlsConn, cert_subject_serial, client_context,
@@ -365,19 +366,6 @@ def test_testssl_scan_finds_nothing(gatehouse, pki, tmp_path, cert):
 
 
 # ---------------------------------------------------------------- proxying over TLS
-
-def read_events(conn, head, timeout):
-    buf = b""
-    for piece in conn.iter_body(head, timeout=timeout):
-        t = time.time()
-        buf += piece
-        while b"\n\n" in buf:
-            ev, buf = buf.split(b"\n\n", 1)
-            yield t, ev.decode()
-
-
-def data_of(event):
-    return "\n".join(ln[5:].lstrip() for ln in event.splitlines() if ln.startswith("data:"))
 
 
 def test_sse_over_tls_is_not_held_back(proxy_gh, pki):

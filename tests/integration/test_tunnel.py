@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from harness import (Conn, Deadline, Truncated,
+from harness import (Conn, Deadline, Truncated, data_of, read_events, websocket_echo_exchange,
                      assert_error_json, binary_has_asan, build_request, free_port, request,
                      to_yaml, wait_until)
 from pattern import MAX_SLICE, pattern, pattern_pieces, pattern_sha256
@@ -151,20 +151,6 @@ def tun(tunnel_factory):
     return tunnel_factory()
 
 
-def read_events(conn, head, timeout):
-    """Yields (arrival time, event text) for each server-sent event."""
-    buf = b""
-    for piece in conn.iter_body(head, timeout=timeout):
-        t = time.time()
-        buf += piece
-        while b"\n\n" in buf:
-            ev, buf = buf.split(b"\n\n", 1)
-            yield t, ev.decode()
-
-
-def data_of(event):
-    return "\n".join(ln[5:].lstrip() for ln in event.splitlines() if ln.startswith("data:"))
-
 
 def timed_request(port, target="/echo", host="app.test", timeout=10):
     t0 = time.monotonic()
@@ -244,32 +230,8 @@ def test_llm_non_stream_json(tun):
 
 
 def test_websocket_echo_both_ways(tun):
-    import websockets
-
-    async def run():
-        async with websockets.connect(f"ws://127.0.0.1:{tun.port}/ws", open_timeout=10,
-                                      close_timeout=5, max_size=None,
-                                      ping_interval=None) as ws:
-            for i in range(50):
-                msg = f"text {i} " + "é✓" * (i % 7) + "x" * (i * 37)
-                await ws.send(msg)
-                assert await asyncio.wait_for(ws.recv(), 10) == msg
-            for i in range(30):
-                data = pattern(i * 1000, (i * 7919) % 200000 + 1)
-                await ws.send(data)
-                assert await asyncio.wait_for(ws.recv(), 10) == data
-            big = pattern(0, MAX_SLICE) + pattern(MAX_SLICE, MAX_SLICE)
-            await ws.send(big)
-            assert await asyncio.wait_for(ws.recv(), 30) == big
-            burst = [pattern(i, 4096 + i) if i % 2 else f"burst {i}" for i in range(200)]
-            for m in burst:
-                await ws.send(m)
-            for m in burst:
-                assert await asyncio.wait_for(ws.recv(), 10) == m
-            await ws.close()
-            return ws.close_code
-
-    code = asyncio.run(asyncio.wait_for(run(), 120))
+    run = websocket_echo_exchange(f"ws://127.0.0.1:{tun.port}/ws", 50, 30)
+    code = asyncio.run(asyncio.wait_for(run, 120))
     assert code == 1000
     r = request(tun.port, target="/echo")
     assert r.status == 200, "the tunnel stopped answering after a WebSocket session"
