@@ -643,6 +643,19 @@ class Gatehouse:
 
 # ---------------------------------------------------------------- backends
 
+def stop_process(proc, log=None):
+    """SIGTERM, SIGKILL after 10 s, then close the process's log file."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if log:
+        log.close()
+
+
 class Backend:
     """A backend program started as a subprocess on a port it picks itself
     (it binds port 0 and writes the number to a file)."""
@@ -699,15 +712,7 @@ class Backend:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
+        stop_process(self.proc, getattr(self, "log", None))
 
 
 def aio_backend(name, workdir, port=None):
@@ -787,15 +792,7 @@ http {{
         raise StartError(f"nginx did not start:\n{last[-3000:]}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
+        stop_process(self.proc, getattr(self, "log", None))
 
 
 class ScriptedServer:

@@ -10,7 +10,8 @@ import signal
 import subprocess
 import time
 
-from harness import BACKENDS, BACKEND_PYTHON, BIN, Deadline, Gatehouse, StartError, run_cli
+from harness import (BACKENDS, BACKEND_PYTHON, BIN, Deadline, Gatehouse, StartError, run_cli,
+                     stop_process)
 
 READY_MARK = re.compile(r"gatehouse \S+ started with ")
 
@@ -228,15 +229,7 @@ class NsBackend:
                          + (self.workdir / "aio.log").read_text(errors="replace")[-2000:])
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
+        stop_process(self.proc, getattr(self, "log", None))
 
 
 def ns_curl(ns, url, host="app.test", max_time=10, extra=()):
