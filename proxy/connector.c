@@ -51,8 +51,6 @@ struct gh_connector {
     bool retiring;          /* going away: freed once its session has drained */
     void (*retired)(void *);/* called when a retired connector is gone */
     void *retired_data;
-    bool timer_closed;
-    unsigned streams_served;
 };
 
 /* One try at connecting: the TCP stream (and TLS over it) until it is
@@ -112,7 +110,7 @@ typedef struct served {
     bool st_failed;         /* the tunnel stream ended before the relay began */
     gh_stream_t *st;        /* tunnel stream */
     gh_tcp_stream_t tcp;    /* to the local service */
-    bool tcp_closed, st_closed, relaying;
+    bool tcp_closed, st_closed;
 } served_t;
 
 static void served_free_if_done(served_t *v)
@@ -157,7 +155,6 @@ static void service_connected(gh_stream_t *s, int status)
         gh_tsession_stream_refuse(v->st); /* nothing reached the service */
         return;
     }
-    v->relaying = true;
     if (!gh_relay_start(v->st, &v->tcp.base, NULL, 0, relay_done, v)) {
         v->tcp.base.on_close = served_tcp_closed;
         v->st->data = v;
@@ -213,7 +210,6 @@ static int on_stream(gh_tsession_t *s, gh_stream_t *st, const char *service, voi
         gh_stream_close(st);
         return 0;
     }
-    c->streams_served++;
     return 0;
 }
 

@@ -427,7 +427,6 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
             OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
             r->resp_chunked = true;
         } else {
-            r->resp_until_close = true;
             r->resp_close = true;
         }
     }

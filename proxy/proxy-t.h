@@ -181,7 +181,6 @@ struct gh_req {
     bool resp_done;         /* upstream message complete */
     bool resp_close;        /* close the client connection after the response */
     bool resp_chunked;      /* we frame the response body as chunked */
-    bool resp_until_close;  /* HTTP/1.0 client, unknown length: end by closing */
     bool expect_continue;
     bool client_writing;    /* a write to the client is in flight */
     bool upstream_writing;  /* a write upstream is in flight */
