@@ -1,9 +1,15 @@
 /* The access log: one line a request, JSON (SPEC.md section 3) or the
  * combined format. Lines gather in a buffer that is written once per loop
- * turn, so a busy loop makes one write() for many requests. */
+ * turn, so a busy loop makes one write() for many requests. Each worker
+ * thread gathers its own lines (the buffer is thread-local) and flushes them
+ * on its own loop; the flush writes pieces of whole lines of at most
+ * PIPE_BUF bytes, which a pipe takes whole, so the lines of two workers
+ * never mix. The destination is process-wide, set before the workers start. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -14,11 +20,14 @@
 #include "proxy/proxy.h"
 
 #define LOG_BUF 65536
+#ifndef PIPE_BUF
+#define PIPE_BUF 4096
+#endif
 
 static int log_fd = -1;
 static gh_alog_format_t log_format;
-static char log_buf[LOG_BUF];
-static size_t log_len;
+static _Thread_local char log_buf[LOG_BUF];
+static _Thread_local size_t log_len;
 
 int gh__accesslog_open(const gh_config_t *cfg)
 {
@@ -42,17 +51,38 @@ int gh__accesslog_open(const gh_config_t *cfg)
     return 0;
 }
 
-void gh__accesslog_flush(void)
+/* Writes all of p; false on an error. */
+static bool write_all(const char *p, size_t len)
 {
     size_t off = 0;
-    while (off < log_len) {
-        ssize_t n = write(log_fd, log_buf + off, log_len - off);
+    while (off < len) {
+        ssize_t n = write(log_fd, p + off, len - off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            break; /* a full disk must not stop the proxy */
+            return false;
         }
         off += (size_t)n;
+    }
+    return true;
+}
+
+void gh__accesslog_flush(void)
+{
+    /* Every line in log_buf ends with '\n'. A piece is as many whole lines
+     * as fit in PIPE_BUF; a longer line goes alone. */
+    for (size_t off = 0, end; off < log_len; off = end) {
+        size_t left = log_len - off;
+        if (left <= PIPE_BUF) {
+            end = log_len;
+        } else {
+            const char *nl = memrchr(log_buf + off, '\n', PIPE_BUF);
+            if (!nl)
+                nl = memchr(log_buf + off + PIPE_BUF, '\n', left - PIPE_BUF);
+            end = nl ? (size_t)(nl - log_buf) + 1 : log_len;
+        }
+        if (!write_all(log_buf + off, end - off))
+            break; /* a full disk must not stop the proxy */
     }
     log_len = 0;
 }

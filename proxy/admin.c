@@ -153,7 +153,7 @@ static void json_upstreams(gh_obuf_t *b, const gh_server_t *srv)
             jstr(b, "server", sv->conf->authority);
             jstr(b, "url", sv->conf->url);
             jstr(b, "reason", why[0] ? why : NULL);
-            gh_obuf_printf(b, ",\"active\":%u,\"idle\":%u,\"failed_connects\":%u}", sv->active,
+            gh_obuf_printf(b, ",\"active\":%u,\"idle\":%u,\"failed_connects\":%u}", atomic_load(sv->active),
                            sv->nidle, sv->fails);
         }
         gh_obuf_puts(b, "]}");
@@ -356,7 +356,7 @@ static void html_upstreams(gh_obuf_t *b, const gh_server_t *srv)
                            ok ? "up" : "down", ok ? "up" : "down");
             h(b, why);
             gh_obuf_puts(b, "</td>");
-            td_num(b, sv->active, false);
+            td_num(b, atomic_load(sv->active), false);
             td_num(b, sv->nidle, false);
             gh_obuf_puts(b, "</tr>\n");
         }

@@ -480,6 +480,7 @@ void gh__conn_accept(gh_listener_t *l)
         srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
+    unsigned open_now = gh__conns_opened();
 
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->s.tcp) != 0) {
         gh__conn_abort(c);
@@ -504,7 +505,7 @@ void gh__conn_accept(gh_listener_t *l)
         c->state = GH_C_PROXY;
     c->listener = NULL; /* not to be read after accept */
 
-    if (srv->stopping || srv->nconns > srv->snap->cfg->limits.max_connections) {
+    if (srv->stopping || open_now > srv->snap->cfg->limits.max_connections) {
         gh__conn_abort(c);
         return;
     }

@@ -2,25 +2,45 @@
  * upstream and the response head sent to the client. Both drop hop-by-hop
  * fields (RFC 9110 7.6.1), including those named in Connection, and
  * regenerate framing, so nothing ambiguous crosses the proxy. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "conf/config.h"
 #include "plugins/plugin.h"
 #include "proxy/proxy.h"
 
-/* A fast generator for request ids: xoshiro-style state seeded once from
- * the kernel. Ids need to be unique, not secret. */
-static uint64_t rid_state[2];
+/* A fast generator for request ids: xoshiro-style state, one per thread,
+ * each seeded on first use from the kernel, so the ids of two workers are
+ * independent streams. Ids need to be unique, not secret. */
+static _Thread_local uint64_t rid_state[2];
+
+/* splitmix64: spreads a weak seed over the whole state */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
 
 static uint64_t rid_next(void)
 {
     if (rid_state[0] == 0 && rid_state[1] == 0) {
         if (getrandom(rid_state, sizeof rid_state, 0) != sizeof rid_state || (rid_state[0] | rid_state[1]) == 0) {
-            rid_state[0] = 0x9e3779b97f4a7c15ull;
-            rid_state[1] = (uint64_t)(uintptr_t)&rid_state;
+            /* No kernel randomness: the clock, and this thread's state
+             * address and a process-wide count to keep threads apart. */
+            static _Atomic uint64_t nseeded;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t t = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+            uint64_t k = atomic_fetch_add_explicit(&nseeded, 1, memory_order_relaxed);
+            rid_state[0] = mix64(t ^ ((uint64_t)getpid() << 32));
+            rid_state[1] = mix64((uint64_t)(uintptr_t)&rid_state ^ mix64(k)) | 1;
         }
     }
     uint64_t s0 = rid_state[0], s1 = rid_state[1];

@@ -71,6 +71,7 @@ static void record(gh_hc_t *hc, bool ok, const char *reason)
         sv->health_error[0] = '\0';
         if (sv->health_down && sv->health_ok >= hc->rise) {
             sv->health_down = false;
+            atomic_store_explicit(sv->shared_down, false, memory_order_relaxed);
             /* The checks just proved it answers: a passive backoff left over
              * from before it went down would only delay its return. */
             sv->fails = 0;
@@ -85,6 +86,7 @@ static void record(gh_hc_t *hc, bool ok, const char *reason)
     snprintf(sv->health_error, sizeof sv->health_error, "%s", reason);
     if (!sv->health_down && sv->health_fail >= hc->fall) {
         sv->health_down = true;
+        atomic_store_explicit(sv->shared_down, true, memory_order_relaxed);
         gh_log_warn("upstream %s server %s is down: %s", sv->up->conf->name,
                     sv->conf->authority, reason);
     } else {
@@ -407,6 +409,7 @@ void gh__health_start(gh_snapshot_t *s, uv_loop_t *loop, const gh_snapshot_t *pr
             const gh_upserver_t *old = find_previous(previous, sv);
             if (old) {
                 sv->health_down = old->health_down;
+                atomic_store_explicit(sv->shared_down, old->health_down, memory_order_relaxed);
                 sv->health_ok = old->health_ok;
                 sv->health_fail = old->health_fail;
                 sv->health_last_ms = old->health_last_ms;

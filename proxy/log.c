@@ -1,9 +1,11 @@
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include "proxy/log.h"
 
-gh_log_level_t gh_log_level = GH_LOG_INFO;
+_Atomic gh_log_level_t gh_log_level = GH_LOG_INFO;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
@@ -23,5 +25,15 @@ void gh_log(gh_log_level_t level, const char *fmt, ...)
     va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2));
     line[len++] = '\n';
-    fwrite(line, 1, len, stderr);
+    /* One write() for the whole line: workers log concurrently, and a line
+     * this short reaches a pipe or an O_APPEND file in one piece. */
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(STDERR_FILENO, line + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        off += (size_t)w;
+    }
 }

@@ -2,9 +2,16 @@
  * "Admin"). Counters are kept by route name, not by route pointer, so they
  * survive reloads and keep counting when a route comes back.
  *
- * Everything counted lives in the one `m` struct below. There is a single
- * event loop today, so the fields are plain integers; when workers arrive
- * they become atomics (or per-worker copies summed at render) right there. */
+ * Everything counted lives in per-thread copies (copy_t below): the first
+ * request a worker thread finishes makes its own copy, which joins the
+ * process-wide list `copies` (copies_mu is taken only then and by readers).
+ * The owner updates its copy under the copy's own mutex, which nobody else
+ * takes except a reader (the admin endpoints on worker 0), so the request
+ * path never waits on another worker. Readers take copies_mu, then each
+ * copy's mutex in turn, and sum: routes with the same name add up, their
+ * status codes merge. Copies stay for the life of the process, a stopped
+ * worker's included, so totals never go backwards. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +20,7 @@
 
 #include "plugins/plugin.h"
 #include "proxy/metrics.h"
+#include "proxy/proxy.h"
 #include "proxy/tunnel_edge.h"
 
 /* Upper bounds in seconds. Long-lived streams (SSE, LLM answers) are the
@@ -40,7 +48,10 @@ typedef struct route_entry {
     size_t ncodes, capcodes;
 } route_entry_t;
 
-static struct {
+/* One thread's counts (or, at render, the sum of all of them). */
+typedef struct copy {
+    pthread_mutex_t mu;             /* the owner while updating, a reader while reading */
+    struct copy *next;              /* in copies, under copies_mu */
     /* open addressing, linear probing; nslots is 0 or a power of two */
     route_entry_t **slots;
     size_t nslots, nused;
@@ -48,7 +59,31 @@ static struct {
     uint64_t duration_count;
     double duration_sum;
     uint64_t bytes_in, bytes_out;
-} m;
+} copy_t;
+
+static pthread_mutex_t copies_mu = PTHREAD_MUTEX_INITIALIZER;
+static copy_t *copies, **copies_tail = &copies;    /* in the order they were made */
+static _Thread_local copy_t *mine;
+
+/* This thread's copy, made and registered on first use; NULL when out of
+ * memory (the count is dropped, as a failed allocation below does). */
+static copy_t *my_copy(void)
+{
+    if (mine)
+        return mine;
+    copy_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_lock(&copies_mu);
+    *copies_tail = c;
+    copies_tail = &c->next;
+    pthread_mutex_unlock(&copies_mu);
+    return mine = c;
+}
 
 static uint64_t hash_name(const char *s)
 {
@@ -58,12 +93,12 @@ static uint64_t hash_name(const char *s)
     return h;
 }
 
-static route_entry_t *route_lookup(const char *name, uint64_t h)
+static route_entry_t *route_lookup(const copy_t *m, const char *name, uint64_t h)
 {
-    if (!m.nslots)
+    if (!m->nslots)
         return NULL;
-    for (size_t i = h & (m.nslots - 1);; i = (i + 1) & (m.nslots - 1)) {
-        route_entry_t *e = m.slots[i];
+    for (size_t i = h & (m->nslots - 1);; i = (i + 1) & (m->nslots - 1)) {
+        route_entry_t *e = m->slots[i];
         if (!e)
             return NULL;
         if (e->hash == h && strcmp(e->name, name) == 0)
@@ -71,14 +106,14 @@ static route_entry_t *route_lookup(const char *name, uint64_t h)
     }
 }
 
-static int table_grow(void)
+static int table_grow(copy_t *m)
 {
-    size_t n = m.nslots ? m.nslots * 2 : 64;
+    size_t n = m->nslots ? m->nslots * 2 : 64;
     route_entry_t **s = calloc(n, sizeof *s);
     if (!s)
         return -1;
-    for (size_t i = 0; i < m.nslots; i++) {
-        route_entry_t *e = m.slots[i];
+    for (size_t i = 0; i < m->nslots; i++) {
+        route_entry_t *e = m->slots[i];
         if (!e)
             continue;
         size_t j = e->hash & (n - 1);
@@ -86,20 +121,20 @@ static int table_grow(void)
             j = (j + 1) & (n - 1);
         s[j] = e;
     }
-    free(m.slots);
-    m.slots = s;
-    m.nslots = n;
+    free(m->slots);
+    m->slots = s;
+    m->nslots = n;
     return 0;
 }
 
-static route_entry_t *route_get(const char *name)
+static route_entry_t *route_get(copy_t *m, const char *name)
 {
     uint64_t h = hash_name(name);
-    route_entry_t *e = route_lookup(name, h);
+    route_entry_t *e = route_lookup(m, name, h);
     if (e)
         return e;
     /* keep the load under 3/4 so probes stay short */
-    if ((m.nused + 1) * 4 > m.nslots * 3 && table_grow() != 0)
+    if ((m->nused + 1) * 4 > m->nslots * 3 && table_grow(m) != 0)
         return NULL;
     e = calloc(1, sizeof *e);
     if (!e || !(e->name = strdup(name))) {
@@ -107,31 +142,33 @@ static route_entry_t *route_get(const char *name)
         return NULL;
     }
     e->hash = h;
-    size_t i = h & (m.nslots - 1);
-    while (m.slots[i])
-        i = (i + 1) & (m.nslots - 1);
-    m.slots[i] = e;
-    m.nused++;
+    size_t i = h & (m->nslots - 1);
+    while (m->slots[i])
+        i = (i + 1) & (m->nslots - 1);
+    m->slots[i] = e;
+    m->nused++;
     return e;
 }
 
-static void count_code(route_entry_t *e, int code)
+/* Adds n to e's count of code; false when out of memory. */
+static bool count_code(route_entry_t *e, int code, uint64_t n)
 {
     for (size_t i = 0; i < e->ncodes; i++) {
         if (e->codes[i].code == code) {
-            e->codes[i].n++;
-            return;
+            e->codes[i].n += n;
+            return true;
         }
     }
     if (e->ncodes == e->capcodes) {
         size_t cap = e->capcodes ? e->capcodes * 2 : 4;
         code_count_t *c = realloc(e->codes, cap * sizeof *c);
         if (!c)
-            return;     /* the request is over; losing one count beats failing */
+            return false;
         e->codes = c;
         e->capcodes = cap;
     }
-    e->codes[e->ncodes++] = (code_count_t){ code, 1 };
+    e->codes[e->ncodes++] = (code_count_t){ code, n };
+    return true;
 }
 
 void gh_metrics_request(const gh_req_t *r)
@@ -147,51 +184,164 @@ void gh_metrics_request(const gh_req_t *r)
     size_t b = 0;
     while (b < NBUCKETS && secs > bucket_le[b])
         b++;
-    if (b < NBUCKETS)
-        m.bucket[b]++;
-    m.duration_count++;
-    m.duration_sum += secs;
-    m.bytes_in += r->bytes_in;
-    m.bytes_out += r->bytes_out;
-
-    route_entry_t *e = route_get(r->route && r->route->name ? r->route->name : "");
-    if (!e)
+    copy_t *m = my_copy();
+    if (!m)
         return;
-    e->st.requests++;
-    if (r->status >= 500 && r->status <= 599)
-        e->st.errors++;
-    else if (r->status >= 400 && r->status <= 499 && r->status != 499)
-        e->st.client_errors++;
-    if (r->status == 429)
-        e->st.limited++;
-    count_code(e, r->status);
+    pthread_mutex_lock(&m->mu);
+    if (b < NBUCKETS)
+        m->bucket[b]++;
+    m->duration_count++;
+    m->duration_sum += secs;
+    m->bytes_in += r->bytes_in;
+    m->bytes_out += r->bytes_out;
+
+    route_entry_t *e = route_get(m, r->route && r->route->name ? r->route->name : "");
+    if (e) {
+        e->st.requests++;
+        if (r->status >= 500 && r->status <= 599)
+            e->st.errors++;
+        else if (r->status >= 400 && r->status <= 499 && r->status != 499)
+            e->st.client_errors++;
+        if (r->status == 429)
+            e->st.limited++;
+        /* the request is over; losing one count beats failing */
+        (void)count_code(e, r->status, 1);
+    }
+    pthread_mutex_unlock(&m->mu);
 }
 
 void gh_metrics_route_stats(const char *name, gh_route_stats_t *out)
 {
-    route_entry_t *e = route_lookup(name ? name : "", hash_name(name ? name : ""));
-    *out = e ? e->st : (gh_route_stats_t){ 0 };
+    const char *n = name ? name : "";
+    uint64_t h = hash_name(n);
+    *out = (gh_route_stats_t){ 0 };
+    pthread_mutex_lock(&copies_mu);
+    for (copy_t *m = copies; m; m = m->next) {
+        pthread_mutex_lock(&m->mu);
+        const route_entry_t *e = route_lookup(m, n, h);
+        if (e) {
+            out->requests += e->st.requests;
+            out->errors += e->st.errors;
+            out->client_errors += e->st.client_errors;
+            out->limited += e->st.limited;
+        }
+        pthread_mutex_unlock(&m->mu);
+    }
+    pthread_mutex_unlock(&copies_mu);
 }
 
 void gh_metrics_totals(gh_route_stats_t *out, uint64_t *bytes_in, uint64_t *bytes_out)
 {
     *out = (gh_route_stats_t){ 0 };
-    for (size_t i = 0; i < m.nslots; i++) {
-        const route_entry_t *e = m.slots[i];
-        if (!e)
-            continue;
-        out->requests += e->st.requests;
-        out->errors += e->st.errors;
-        out->client_errors += e->st.client_errors;
-        out->limited += e->st.limited;
+    *bytes_in = *bytes_out = 0;
+    pthread_mutex_lock(&copies_mu);
+    for (copy_t *m = copies; m; m = m->next) {
+        pthread_mutex_lock(&m->mu);
+        for (size_t i = 0; i < m->nslots; i++) {
+            const route_entry_t *e = m->slots[i];
+            if (!e)
+                continue;
+            out->requests += e->st.requests;
+            out->errors += e->st.errors;
+            out->client_errors += e->st.client_errors;
+            out->limited += e->st.limited;
+        }
+        *bytes_in += m->bytes_in;
+        *bytes_out += m->bytes_out;
+        pthread_mutex_unlock(&m->mu);
     }
-    *bytes_in = m.bytes_in;
-    *bytes_out = m.bytes_out;
+    pthread_mutex_unlock(&copies_mu);
 }
 
-void gh_metrics_conn_counts(const gh_server_t *srv, gh_conn_counts_t *out)
+/* Frees a copy that is in no list (a sum made for rendering). */
+static void copy_free(copy_t *m)
 {
-    *out = (gh_conn_counts_t){ 0 };
+    for (size_t i = 0; i < m->nslots; i++) {
+        route_entry_t *e = m->slots[i];
+        if (!e)
+            continue;
+        free(e->name);
+        free(e->codes);
+        free(e);
+    }
+    free(m->slots);
+}
+
+/* Adds src into sum; false when out of memory. The first copy added to an
+ * empty sum keeps its slot layout, so with one thread the routes come out
+ * in the order they always did. */
+static bool copy_add(copy_t *sum, const copy_t *src)
+{
+    for (size_t i = 0; i < NBUCKETS; i++)
+        sum->bucket[i] += src->bucket[i];
+    sum->duration_count += src->duration_count;
+    sum->duration_sum += src->duration_sum;
+    sum->bytes_in += src->bytes_in;
+    sum->bytes_out += src->bytes_out;
+    if (!sum->nslots && src->nslots) {
+        if (!(sum->slots = calloc(src->nslots, sizeof *sum->slots)))
+            return false;
+        sum->nslots = src->nslots;
+        for (size_t i = 0; i < src->nslots; i++) {
+            const route_entry_t *s = src->slots[i];
+            if (!s)
+                continue;
+            route_entry_t *e = calloc(1, sizeof *e);
+            if (!e || !(e->name = strdup(s->name)) ||
+                (s->ncodes && !(e->codes = malloc(s->ncodes * sizeof *e->codes)))) {
+                if (e)
+                    free(e->name);
+                free(e);
+                return false;
+            }
+            e->hash = s->hash;
+            e->st = s->st;
+            if (s->ncodes)
+                memcpy(e->codes, s->codes, s->ncodes * sizeof *e->codes);
+            e->ncodes = e->capcodes = s->ncodes;
+            sum->slots[i] = e;
+            sum->nused++;
+        }
+        return true;
+    }
+    for (size_t i = 0; i < src->nslots; i++) {
+        const route_entry_t *s = src->slots[i];
+        if (!s)
+            continue;
+        route_entry_t *e = route_get(sum, s->name);
+        if (!e)
+            return false;
+        e->st.requests += s->st.requests;
+        e->st.errors += s->st.errors;
+        e->st.client_errors += s->st.client_errors;
+        e->st.limited += s->st.limited;
+        for (size_t j = 0; j < s->ncodes; j++)
+            if (!count_code(e, s->codes[j].code, s->codes[j].n))
+                return false;
+    }
+    return true;
+}
+
+/* Every thread's counts summed into *sum (free with copy_free); false when
+ * out of memory. */
+static bool copies_sum(copy_t *sum)
+{
+    bool ok = true;
+    *sum = (copy_t){ .next = NULL };
+    pthread_mutex_lock(&copies_mu);
+    for (copy_t *m = copies; m && ok; m = m->next) {
+        pthread_mutex_lock(&m->mu);
+        ok = copy_add(sum, m);
+        pthread_mutex_unlock(&m->mu);
+    }
+    pthread_mutex_unlock(&copies_mu);
+    return ok;
+}
+
+static void conn_counts_here(gh_server_t *srv, const void *arg, void *slot)
+{
+    gh_conn_counts_t *out = slot;
+    (void)arg;
     for (const gh_conn_t *c = srv->conns; c; c = c->next) {
         if (c->state == GH_C_CLOSING)
             out->closing++;
@@ -200,6 +350,23 @@ void gh_metrics_conn_counts(const gh_server_t *srv, gh_conn_counts_t *out)
         else
             out->active++;
     }
+}
+
+void gh_metrics_conn_counts(const gh_server_t *srv, gh_conn_counts_t *out)
+{
+    /* every worker counts its own connections, on its own thread */
+    unsigned nw = gh__nworkers() ? gh__nworkers() : 1;
+    gh_conn_counts_t *all = calloc(nw, sizeof *all);
+    *out = (gh_conn_counts_t){ 0 };
+    if (!all)
+        return;
+    gh__workers_gather((gh_server_t *)srv, conn_counts_here, "", 1, all, sizeof *all);
+    for (unsigned k = 0; k < nw; k++) {
+        out->active += all[k].active;
+        out->idle += all[k].idle;
+        out->closing += all[k].closing;
+    }
+    free(all);
 }
 
 bool gh_metrics_server_up(const gh_upserver_t *sv, uint64_t now_ms, char *why, size_t cap)
@@ -528,10 +695,17 @@ static void family(gh_obuf_t *b, const char *name, const char *type, const char 
 
 static void render_requests(gh_obuf_t *b)
 {
+    copy_t sum;
+    if (!copies_sum(&sum)) {
+        copy_free(&sum);
+        b->oom = true;
+        return;
+    }
+    const copy_t *m = &sum;
     family(b, "gatehouse_requests_total", "counter",
            "Finished requests by route (host/path; empty: no route matched) and status code.");
-    for (size_t i = 0; i < m.nslots; i++) {
-        const route_entry_t *e = m.slots[i];
+    for (size_t i = 0; i < m->nslots; i++) {
+        const route_entry_t *e = m->slots[i];
         for (size_t j = 0; e && j < e->ncodes; j++) {
             gh_obuf_puts(b, "gatehouse_requests_total{route=\"");
             gh_obuf_esc(b, e->name, GH_ESC_PROM_LABEL);
@@ -543,20 +717,21 @@ static void render_requests(gh_obuf_t *b)
            "Time from the first byte of a request head to the end of its response.");
     uint64_t cum = 0;
     for (size_t i = 0; i < NBUCKETS; i++) {
-        cum += m.bucket[i];
+        cum += m->bucket[i];
         gh_obuf_printf(b, "gatehouse_request_duration_seconds_bucket{le=\"%s\"} %llu\n",
                        bucket_text[i], (unsigned long long)cum);
     }
     gh_obuf_printf(b, "gatehouse_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
                       "gatehouse_request_duration_seconds_sum %.9g\n"
                       "gatehouse_request_duration_seconds_count %llu\n",
-                   (unsigned long long)m.duration_count, m.duration_sum,
-                   (unsigned long long)m.duration_count);
+                   (unsigned long long)m->duration_count, m->duration_sum,
+                   (unsigned long long)m->duration_count);
     family(b, "gatehouse_bytes_total", "counter",
            "Bytes received from clients (in) and sent to them (out), heads included.");
     gh_obuf_printf(b, "gatehouse_bytes_total{direction=\"in\"} %llu\n"
                       "gatehouse_bytes_total{direction=\"out\"} %llu\n",
-                   (unsigned long long)m.bytes_in, (unsigned long long)m.bytes_out);
+                   (unsigned long long)m->bytes_in, (unsigned long long)m->bytes_out);
+    copy_free(&sum);
 }
 
 /* Two servers of one upstream may share host:port (http and https); one
@@ -601,7 +776,7 @@ static void render_upstreams(gh_obuf_t *b, const gh_server_t *srv)
                     continue;
                 upstream_series(b, names[k], up, sv);
                 unsigned v = k == 0 ? gh_metrics_server_up(sv, now, NULL, 0)
-                           : k == 1 ? sv->active : sv->nidle;
+                           : k == 1 ? atomic_load(sv->active) : sv->nidle;
                 gh_obuf_printf(b, "%u\n", v);
             }
         }

@@ -4,6 +4,7 @@
 #ifndef GH_PROXY_T_H
 #define GH_PROXY_T_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -22,21 +23,38 @@ typedef struct gh_conn gh_conn_t;
 typedef struct gh_req gh_req_t;
 typedef struct gh_listener gh_listener_t;
 typedef struct gh_tunnel_rt gh_tunnel_rt_t;
+typedef struct gh_shared gh_shared_t;
 struct gh_tsession;
+struct gh_xloop;
 struct gh_connector;
 
 /* Read buffers: heads must fit whole, bodies move through in pieces. */
 #define GH_BUF_SIZE (64 * 1024)
 
-/* A config and the runtime state built for it. Requests hold a reference to
- * the snapshot they started on; reload swaps server->snap. */
+/* What every worker shares of one config: the config itself, its plugin
+ * instances and certificates, and the verdicts of the active health checks
+ * (worker 0 runs them; every worker's balancer reads them). Freed when the
+ * last worker's snapshot of it is released. */
+struct gh_shared {
+    atomic_int refs;
+    gh_config_t *cfg;
+    bool plugins_created;   /* gh_plugins_create ran for cfg */
+    struct gh_tls_server *tls;  /* certificates of this config, if any */
+    atomic_bool *health_down;   /* one per server of every upstream, in order */
+    atomic_uint *active;        /* requests on each server now, same order */
+    atomic_uint *rr;            /* round-robin turn, one per upstream */
+};
+
+/* A config and the runtime state one worker built for it. Requests hold a
+ * reference to the snapshot they started on; reload swaps server->snap.
+ * Used by its own worker's thread only. */
 struct gh_snapshot {
     int refcount;
     gh_server_t *server;
-    gh_config_t *cfg;
+    gh_shared_t *shared;
+    gh_config_t *cfg;       /* shared->cfg */
     gh_upstream_t *ups;     /* one per cfg->upstreams[i] */
-    bool plugins_created;   /* gh_plugins_create ran for cfg */
-    struct gh_tls_server *tls;  /* certificates of this config, if any */
+    struct gh_tls_server *tls;  /* shared->tls */
 };
 
 struct gh_upserver {
@@ -48,11 +66,12 @@ struct gh_upserver {
     uint64_t addr_expires;  /* uv_now() ms */
     gh_uconn_t *idle;       /* pooled connections, most recent first */
     unsigned nidle;
-    unsigned active;        /* requests using it now (least_conn) */
+    atomic_uint *active;    /* requests using it now, in every worker (least_conn) */
     unsigned fails;         /* consecutive connect failures */
     uint64_t down_until;    /* passive marking, uv_now() ms */
     /* active health checks (proxy/health.c) */
     bool health_down;       /* failed `fall` checks in a row; skipped until `rise` pass */
+    atomic_bool *shared_down;          /* health_down as every worker sees it */
     unsigned health_ok, health_fail;   /* consecutive results */
     uint64_t health_last_ms;           /* uv_now() of the last result */
     char health_error[96];             /* why the last check failed */
@@ -64,7 +83,7 @@ struct gh_upstream {
     struct gh_tls_client *tls;  /* for https:// servers */
     gh_upserver_t *servers;
     size_t n;
-    unsigned rr;
+    atomic_uint *rr;        /* shared by every worker */
 };
 
 enum gh_uconn_state { GH_UC_CONNECTING, GH_UC_IDLE, GH_UC_ACTIVE, GH_UC_CLOSED };
@@ -236,8 +255,15 @@ struct gh_req {
     gh_h1_head_t head;      /* slices into conn->buf, valid until the head is consumed */
 };
 
+/* One worker: an event loop thread with its own listeners (SO_REUSEPORT
+ * sockets of the same addresses), connections, snapshot and upstream pools.
+ * Worker 0 is the main thread; it also takes signals, reloads, serves the
+ * admin listener, runs health checks and connectors. */
 struct gh_server {
     uv_loop_t *loop;
+    unsigned worker;        /* index; 0 is the main thread */
+    struct gh_xloop *inbox; /* work posted by other workers */
+    bool stop_done;         /* finish_stop ran */
     gh_snapshot_t *snap;    /* current */
     char *config_path;
     gh_listener_t *listeners;

@@ -8,12 +8,25 @@
 /* server.c: runs until stopped; returns the process exit code. Takes
  * ownership of cfg. */
 int gh_server_run(const char *config_path, gh_config_t *cfg);
-gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg);
+gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_shared_t *sh);
 void gh__snapshot_retain(gh_snapshot_t *s);
 void gh__snapshot_release(gh_snapshot_t *s);
 void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c);
 /* While stopping: finishes the stop once nothing is left to drain. */
 void gh__server_check_stopped(gh_server_t *srv);
+/* Counts one more client connection open (in any worker); returns how many
+ * are open now. gh__server_conn_closed counts it out. */
+unsigned gh__conns_opened(void);
+/* The workers: how many run, and worker i (NULL past the last). */
+unsigned gh__nworkers(void);
+gh_server_t *gh__worker(unsigned i);
+/* Runs fn(w, arg, slot) on every worker's own thread (the caller's own
+ * directly), slot being out + w->worker * size, and waits for them, at most
+ * a second; the slots of workers that did not answer stay zero. arg
+ * (argsize bytes) is copied. For the admin listener's pages, which sum what
+ * every worker holds. */
+void gh__workers_gather(gh_server_t *self, void (*fn)(gh_server_t *w, const void *arg, void *slot),
+                        const void *arg, size_t argsize, void *out, size_t size);
 
 /* conn.c: the client side of HTTP/1.1. */
 void gh__conn_accept(gh_listener_t *l);

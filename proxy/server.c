@@ -1,11 +1,14 @@
-/* The server: listeners, signals, config snapshots and their reload,
- * graceful stop. One libuv loop. */
+/* The server: workers (one event loop thread each), listeners, signals,
+ * config snapshots and their reload, graceful stop. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,16 +18,201 @@
 #include "proxy/log.h"
 #include "proxy/proxy.h"
 #include "proxy/tunnel_edge.h"
+#include "proxy/xpipe.h"
 #include "tls/tls.h"
 
-gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_config_t *cfg)
+/* ---- workers ---- */
+
+static gh_server_t **workers;   /* [nworkers]; workers[0] runs on the main thread */
+static unsigned nworkers;
+static unsigned others_running; /* workers 1.. not yet stopped (worker 0's thread only) */
+
+/* Client connections open in every worker, for limits.max_connections. */
+static atomic_uint conns_open;
+
+unsigned gh__conns_opened(void)
+{
+    return atomic_fetch_add_explicit(&conns_open, 1, memory_order_relaxed) + 1;
+}
+
+unsigned gh__nworkers(void)
+{
+    return nworkers;
+}
+
+gh_server_t *gh__worker(unsigned i)
+{
+    return i < nworkers ? workers[i] : NULL;
+}
+
+typedef struct gather {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned pending;       /* workers yet to answer */
+    unsigned refs;          /* the caller and each job posted */
+    bool abandoned;         /* the caller stopped waiting: answers are dropped */
+    void (*fn)(gh_server_t *w, const void *arg, void *slot);
+    size_t size;
+    char *out;              /* nworkers slots */
+    char arg[];
+} gather_t;
+
+typedef struct gather_job {
+    gather_t *g;
+    gh_server_t *w;
+} gather_job_t;
+
+static void gather_unref(gather_t *g)
+{
+    pthread_mutex_lock(&g->mu);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->mu);
+    if (last) {
+        pthread_mutex_destroy(&g->mu);
+        pthread_cond_destroy(&g->cv);
+        free(g->out);
+        free(g);
+    }
+}
+
+static void gather_run(void *arg)
+{
+    gather_job_t *j = arg;
+    gather_t *g = j->g;
+    char *slot = calloc(1, g->size ? g->size : 1);
+    if (slot)
+        g->fn(j->w, g->arg, slot);
+    pthread_mutex_lock(&g->mu);
+    if (slot && !g->abandoned)
+        memcpy(g->out + j->w->worker * g->size, slot, g->size);
+    g->pending--;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    free(slot);
+    free(j);
+    gather_unref(g);
+}
+
+void gh__workers_gather(gh_server_t *self, void (*fn)(gh_server_t *w, const void *arg, void *slot),
+                        const void *arg, size_t argsize, void *out, size_t size)
+{
+    memset(out, 0, size * nworkers);
+    fn(self, arg, (char *)out + self->worker * size);
+    if (nworkers < 2)
+        return;
+    gather_t *g = calloc(1, sizeof *g + argsize);
+    if (!g || !(g->out = calloc(nworkers, size ? size : 1))) {
+        free(g);
+        return;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->fn = fn;
+    g->size = size;
+    g->refs = 1;
+    memcpy(g->arg, arg, argsize);
+    for (unsigned k = 0; k < nworkers; k++) {
+        if (k == self->worker)
+            continue;
+        gather_job_t *j = malloc(sizeof *j);
+        if (!j)
+            continue;
+        j->g = g;
+        j->w = workers[k];
+        pthread_mutex_lock(&g->mu);
+        g->pending++;
+        g->refs++;
+        pthread_mutex_unlock(&g->mu);
+        if (gh_xloop_post(workers[k]->inbox, gather_run, j) != 0) {
+            pthread_mutex_lock(&g->mu);
+            g->pending--;
+            g->refs--;
+            pthread_mutex_unlock(&g->mu);
+            free(j);
+        }
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    pthread_mutex_lock(&g->mu);
+    while (g->pending > 0)
+        if (pthread_cond_timedwait(&g->cv, &g->mu, &until) != 0)
+            break;
+    g->abandoned = true;
+    for (unsigned k = 0; k < nworkers; k++)
+        if (k != self->worker)
+            memcpy((char *)out + k * size, g->out + k * size, size);
+    pthread_mutex_unlock(&g->mu);
+    gather_unref(g);
+}
+
+/* ---- what the workers share of a config ---- */
+
+static gh_shared_t *shared_new(gh_config_t *cfg, gh_tls_server_t *tls)
+{
+    gh_shared_t *sh = calloc(1, sizeof *sh);
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        n += cfg->upstreams[i]->nservers;
+    size_t nu = cfg->nupstreams;
+    if (sh) {
+        sh->health_down = calloc(n ? n : 1, sizeof *sh->health_down);
+        sh->active = calloc(n ? n : 1, sizeof *sh->active);
+        sh->rr = calloc(nu ? nu : 1, sizeof *sh->rr);
+    }
+    if (!sh || !sh->health_down || !sh->active || !sh->rr) {
+        if (sh) {
+            free(sh->health_down);
+            free(sh->active);
+            free(sh->rr);
+        }
+        free(sh);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        atomic_init(&sh->health_down[i], false);
+        atomic_init(&sh->active[i], 0);
+    }
+    for (size_t i = 0; i < nu; i++)
+        atomic_init(&sh->rr[i], 0);
+    atomic_init(&sh->refs, 1);
+    sh->cfg = cfg;
+    sh->tls = tls;
+    sh->plugins_created = true;
+    return sh;
+}
+
+static void shared_retain(gh_shared_t *sh)
+{
+    atomic_fetch_add_explicit(&sh->refs, 1, memory_order_relaxed);
+}
+
+static void shared_release(gh_shared_t *sh)
+{
+    if (atomic_fetch_sub_explicit(&sh->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (sh->plugins_created)
+        gh_plugins_destroy(sh->cfg);
+    if (sh->tls)
+        gh_tls_server_free(sh->tls); /* connections still open keep their own reference */
+    gh_config_release(sh->cfg);
+    free(sh->health_down);
+    free(sh->active);
+    free(sh->rr);
+    free(sh);
+}
+
+gh_snapshot_t *gh__snapshot_new(gh_server_t *srv, gh_shared_t *sh)
 {
     gh_snapshot_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->refcount = 1;
     s->server = srv;
-    s->cfg = cfg;
+    s->shared = sh;
+    shared_retain(sh);
+    s->cfg = sh->cfg;
+    s->tls = sh->tls;
     gh__upstream_init(s);
     return s;
 }
@@ -40,11 +228,7 @@ void gh__snapshot_release(gh_snapshot_t *s)
         return;
     gh__health_stop(s);
     gh__upstream_fini(s);
-    if (s->plugins_created)
-        gh_plugins_destroy(s->cfg);
-    if (s->tls)
-        gh_tls_server_free(s->tls); /* connections still open keep their own reference */
-    gh_config_release(s->cfg);
+    shared_release(s->shared);
     free(s);
 }
 
@@ -60,31 +244,32 @@ static void on_connection(uv_stream_t *h, int status)
     gh__conn_accept(l);
 }
 
-static void listener_closed(uv_handle_t *h);
-
-static gh_listener_t *listener_open(gh_server_t *srv, const gh_listen_conf_t *lc)
+/* A listening socket for lc. With several workers each gets its own socket
+ * of the address (SO_REUSEPORT) and the kernel spreads connections over
+ * them; one worker binds without it, so a busy port is an error as usual.
+ * Returns the fd, or a negative errno after logging it. */
+static int listen_socket(const gh_listen_conf_t *lc)
 {
-    gh_listener_t *l = calloc(1, sizeof *l);
-    if (!l)
-        return NULL;
-    l->server = srv;
-    l->conf = lc;
-    l->redirect_https = lc->redirect_https;
-    l->tls = lc->tls;
-    uv_tcp_init(srv->loop, &l->tcp);
-    l->tcp.data = l;
-    int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&lc->addr,
-                         lc->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+    int fam = lc->addr.ss_family;
+    int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, rc = 0;
+    if (fd < 0)
+        rc = -errno;
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+             (nworkers > 1 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+             (fam == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0))
+        rc = -errno;
+    else if (bind(fd, (const struct sockaddr *)&lc->addr,
+                  fam == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) != 0 ||
+             listen(fd, 4096) != 0)
+        rc = -errno;
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
-    if (rc != 0) {
-        gh_log_error("%s:%u:%u: cannot listen on %s: %s", lc->loc.file, lc->loc.line,
-                     lc->loc.col, lc->address, uv_strerror(rc));
-        uv_close((uv_handle_t *)&l->tcp, listener_closed);
-        return NULL;
-    }
-    gh_log_info("listening on %s%s", lc->address, lc->redirect_https ? " (redirect to https)" : "");
-    return l;
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    gh_log_error("%s:%u:%u: cannot listen on %s: %s", lc->loc.file, lc->loc.line, lc->loc.col,
+                 lc->address, uv_strerror(rc));
+    return rc;
 }
 
 static void listener_closed(uv_handle_t *h)
@@ -97,55 +282,108 @@ static void listener_close(gh_listener_t *l)
     uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
 
-/* Opens what the new config adds, keeps the sockets of addresses it still
- * has (their backlog included) and closes the rest. Returns -1 if a new
- * address cannot be opened; nothing is closed then. */
-static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
+/* Starts accepting on fd (from listen_socket) on srv's loop; takes the fd. */
+static gh_listener_t *listener_open(gh_server_t *srv, const gh_listen_conf_t *lc, int fd)
 {
-    gh_listener_t *keep = NULL, *fresh = NULL;
+    gh_listener_t *l = calloc(1, sizeof *l);
+    if (!l) {
+        close(fd);
+        return NULL;
+    }
+    l->server = srv;
+    l->conf = lc;
+    l->redirect_https = lc->redirect_https;
+    l->tls = lc->tls;
+    uv_tcp_init(srv->loop, &l->tcp);
+    l->tcp.data = l;
+    int rc = uv_tcp_open(&l->tcp, fd);
+    if (rc != 0)
+        close(fd);
+    else
+        rc = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    if (rc != 0) {
+        gh_log_error("%s:%u:%u: cannot listen on %s: %s", lc->loc.file, lc->loc.line,
+                     lc->loc.col, lc->address, uv_strerror(rc));
+        listener_close(l);
+        return NULL;
+    }
+    if (srv->worker == 0)
+        gh_log_info("listening on %s%s", lc->address,
+                    lc->redirect_https ? " (redirect to https)" : "");
+    return l;
+}
+
+static gh_listener_t *listener_find(gh_server_t *srv, const char *address)
+{
+    for (gh_listener_t *l = srv->listeners; l; l = l->next)
+        if (strcmp(l->conf->address, address) == 0)
+            return l;
+    return NULL;
+}
+
+/* The sockets a new config adds, opened before anything is closed:
+ * fds[i * nworkers + k] is worker k's socket of cfg->listens[i], or -1
+ * where worker 0 already listens on that address (kept, backlog and all).
+ * NULL if one cannot be opened; nothing is left open then. */
+static int *sockets_open(gh_server_t *w0, const gh_config_t *cfg)
+{
+    size_t n = cfg->nlistens * nworkers;
+    int *fds = malloc((n ? n : 1) * sizeof *fds);
+    if (!fds)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        fds[i] = -1;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        if (listener_find(w0, cfg->listens[i].address))
+            continue;
+        for (unsigned k = 0; k < nworkers; k++) {
+            int fd = listen_socket(&cfg->listens[i]);
+            if (fd < 0) {
+                for (size_t j = 0; j < n; j++)
+                    if (fds[j] >= 0)
+                        close(fds[j]);
+                free(fds);
+                return NULL;
+            }
+            fds[i * nworkers + k] = fd;
+        }
+    }
+    return fds;
+}
+
+/* Worker srv's part of a new config's listeners: keeps the sockets of the
+ * addresses it still has, starts the new ones (fds as from sockets_open,
+ * taken) and closes the rest. */
+static void listeners_apply(gh_server_t *srv, const gh_config_t *cfg, const int *fds)
+{
+    gh_listener_t *keep = NULL;
     gh_listener_t **claimed = calloc(cfg->nlistens ? cfg->nlistens : 1, sizeof *claimed);
-    if (!claimed)
-        return -1;
     for (size_t i = 0; i < cfg->nlistens; i++) {
         const gh_listen_conf_t *lc = &cfg->listens[i];
-        for (gh_listener_t *l = srv->listeners; l; l = l->next) {
-            /* the address decides: tls or redirect_https may change on a kept socket */
-            if (strcmp(l->conf->address, lc->address) == 0) {
-                claimed[i] = l;
-                break;
-            }
-        }
-        if (!claimed[i]) {
-            gh_listener_t *l = listener_open(srv, lc);
-            if (!l) {
-                while (fresh) {
-                    gh_listener_t *n = fresh->next;
-                    listener_close(fresh);
-                    fresh = n;
-                }
-                free(claimed);
-                return -1;
-            }
-            l->next = fresh;
-            fresh = l;
+        int fd = fds[i * nworkers + srv->worker];
+        gh_listener_t *l = fd >= 0 ? listener_open(srv, lc, fd) : listener_find(srv, lc->address);
+        if (claimed)
             claimed[i] = l;
-        }
     }
     /* close the ones no longer wanted */
     gh_listener_t *l = srv->listeners;
     while (l) {
         gh_listener_t *n = l->next;
         bool wanted = false;
-        for (size_t i = 0; i < cfg->nlistens; i++)
+        for (size_t i = 0; claimed && i < cfg->nlistens; i++)
             if (claimed[i] == l)
                 wanted = true;
         if (!wanted) {
-            gh_log_info("closing listener %s", l->conf->address);
+            if (srv->worker == 0)
+                gh_log_info("closing listener %s", l->conf->address);
             listener_close(l);
         }
         l = n;
     }
-    for (size_t i = 0; i < cfg->nlistens; i++) {
+    for (size_t i = 0; claimed && i < cfg->nlistens; i++) {
+        if (!claimed[i])
+            continue;
+        /* the address decides: tls or redirect_https may change on a kept socket */
         claimed[i]->conf = &cfg->listens[i];
         claimed[i]->redirect_https = cfg->listens[i].redirect_https;
         claimed[i]->tls = cfg->listens[i].tls;
@@ -154,12 +392,12 @@ static int listeners_apply(gh_server_t *srv, const gh_config_t *cfg)
     }
     srv->listeners = keep;
     free(claimed);
-    return 0;
 }
 
-/* The admin listener is kept across reloads while its address stays. A new
- * address is opened first (admin_prepare) and the old one closed only once
- * everything else of the reload succeeded (admin_commit). */
+/* The admin listener (worker 0 only) is kept across reloads while its
+ * address stays. A new address is opened first (admin_prepare) and the old
+ * one closed only once everything else of the reload succeeded
+ * (admin_commit). */
 static int admin_prepare(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t **fresh)
 {
     *fresh = NULL;
@@ -172,7 +410,11 @@ static int admin_prepare(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t
     lc.addr = cfg->admin.addr;
     lc.addrlen = cfg->admin.addrlen;
     lc.loc = cfg->admin.loc;
-    gh_listener_t *l = listener_open(srv, &lc);
+    unsigned nw = nworkers;
+    nworkers = 1;   /* one admin socket: no SO_REUSEPORT */
+    int fd = listen_socket(&lc);
+    nworkers = nw;
+    gh_listener_t *l = fd >= 0 ? listener_open(srv, &lc, fd) : NULL;
     if (!l)
         return -1;
     l->own = lc;
@@ -194,23 +436,88 @@ static void admin_commit(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t
         srv->admin = fresh;
 }
 
-/* Opens everything the new config needs before closing anything: either
- * all of it applies, or nothing changes. */
-static int sockets_apply(gh_server_t *srv, const gh_config_t *cfg)
+/* ---- applying a config on a worker ---- */
+
+/* Makes sh current on srv: listeners as the config says, tunnels
+ * reconciled, a new snapshot for new requests (those in flight keep the
+ * old one). */
+static void apply(gh_server_t *srv, gh_shared_t *sh, const int *fds)
 {
-    gh_listener_t *admin = NULL;
-    if (admin_prepare(srv, cfg, &admin) != 0)
-        return -1;
-    if (listeners_apply(srv, cfg) != 0) {
-        if (admin)
-            listener_close(admin);
-        return -1;
+    listeners_apply(srv, sh->cfg, fds);
+    gh__tunnels_reconcile(srv, sh->cfg);
+    gh_snapshot_t *old = srv->snap;
+    gh_snapshot_t *s = gh__snapshot_new(srv, sh);
+    if (!s) {
+        gh_log_error("worker %u: out of memory applying the configuration", srv->worker);
+        return;
     }
-    admin_commit(srv, cfg, admin);
-    return 0;
+    srv->snap = s;
+    if (srv->worker == 0) {
+        gh__health_start(s, srv->loop, old);
+        gh__health_stop(old);
+    }
+    if (old)
+        gh__snapshot_release(old);
+}
+
+typedef struct apply_msg {
+    gh_server_t *srv;
+    gh_shared_t *sh;
+    int *fds;               /* the full table; this worker's column is used */
+} apply_msg_t;
+
+static void apply_posted(void *arg)
+{
+    apply_msg_t *m = arg;
+    if (!m->srv->stopping)
+        apply(m->srv, m->sh, m->fds);
+    else
+        for (size_t i = 0; i < m->sh->cfg->nlistens; i++)
+            if (m->fds[i * nworkers + m->srv->worker] >= 0)
+                close(m->fds[i * nworkers + m->srv->worker]);
+    shared_release(m->sh);
+    free(m->fds);
+    free(m);
+}
+
+/* Hands sh to every other worker; each applies it on its own thread. */
+static void post_config(gh_shared_t *sh, const int *fds)
+{
+    size_t n = sh->cfg->nlistens * nworkers;
+    for (unsigned k = 1; k < nworkers; k++) {
+        apply_msg_t *m = malloc(sizeof *m);
+        int *copy = malloc((n ? n : 1) * sizeof *copy);
+        if (m && copy) {
+            memcpy(copy, fds, n * sizeof *copy);
+            m->srv = workers[k];
+            m->sh = sh;
+            m->fds = copy;
+            shared_retain(sh);
+            if (gh_xloop_post(workers[k]->inbox, apply_posted, m) == 0)
+                continue;
+            shared_release(sh);
+        }
+        gh_log_error("worker %u could not take the new configuration", k);
+        for (size_t i = 0; i < sh->cfg->nlistens; i++)
+            if (fds[i * nworkers + k] >= 0)
+                close(fds[i * nworkers + k]);
+        free(m);
+        free(copy);
+    }
 }
 
 /* ---- reload and stop ---- */
+
+static void reload_failed(gh_server_t *srv, gh_errors_t *errs, const char *fallback)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        gh_log_error("reload failed: %s", errs->lines[i]);
+    snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
+             errs->n ? errs->lines[0] : fallback);
+    gh_errors_free(errs);
+    srv->last_reload_ok = false;
+    srv->reloads_failed++;
+}
 
 static void reload(gh_server_t *srv)
 {
@@ -219,13 +526,7 @@ static void reload(gh_server_t *srv)
     gh_config_t *cfg = gh_config_load(srv->config_path, &errs);
     srv->last_reload_ms = (uint64_t)time(NULL) * 1000;
     if (!cfg) {
-        for (size_t i = 0; i < errs.n; i++)
-            gh_log_error("reload failed: %s", errs.lines[i]);
-        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
-                 errs.n ? errs.lines[0] : "unknown error");
-        srv->last_reload_ok = false;
-        gh_errors_free(&errs);
-        srv->reloads_failed++;
+        reload_failed(srv, &errs, "unknown error");
         return;
     }
     for (size_t i = 0; i < errs.n; i++)
@@ -235,76 +536,88 @@ static void reload(gh_server_t *srv)
     gh_tls_server_t *tls = NULL;
     gh_errors_init(&errs);
     if (cfg->tls.ncerts && !(tls = gh_tls_server_new(cfg, &errs))) {
-        for (size_t i = 0; i < errs.n; i++)
-            gh_log_error("reload failed: %s", errs.lines[i]);
-        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
-                 errs.n ? errs.lines[0] : "certificates could not be loaded");
-        gh_errors_free(&errs);
+        reload_failed(srv, &errs, "certificates could not be loaded");
         gh_config_release(cfg);
-        srv->reloads_failed++;
-        srv->last_reload_ok = false;
         return;
     }
     gh_errors_free(&errs);
     gh_errors_init(&errs);
     if (gh_plugins_create(cfg, srv->snap->cfg, &errs) != 0) {
-        for (size_t i = 0; i < errs.n; i++)
-            gh_log_error("reload failed: %s", errs.lines[i]);
-        snprintf(srv->last_reload_error, sizeof srv->last_reload_error, "%s",
-                 errs.n ? errs.lines[0] : "plugins could not be created");
-        gh_errors_free(&errs);
+        reload_failed(srv, &errs, "plugins could not be created");
         if (tls)
             gh_tls_server_free(tls);
         gh_config_release(cfg);
-        srv->reloads_failed++;
-        srv->last_reload_ok = false;
         return;
     }
     gh_errors_free(&errs);
-    if (sockets_apply(srv, cfg) != 0) {
-        if (tls)
-            gh_tls_server_free(tls);
-        gh_plugins_destroy(cfg);
-        gh_config_release(cfg);
-        srv->reloads_failed++;
-        srv->last_reload_ok = false;
-        snprintf(srv->last_reload_error, sizeof srv->last_reload_error,
-                 "a listener could not be opened");
+    gh_shared_t *sh = shared_new(cfg, tls);
+    gh_listener_t *admin = NULL;
+    int *fds = sh ? sockets_open(srv, cfg) : NULL;
+    if (!fds || admin_prepare(srv, cfg, &admin) != 0) {
+        if (fds) {
+            for (size_t i = 0; i < cfg->nlistens * nworkers; i++)
+                if (fds[i] >= 0)
+                    close(fds[i]);
+            free(fds);
+        }
+        if (sh) {
+            shared_release(sh);
+        } else {
+            if (tls)
+                gh_tls_server_free(tls);
+            gh_plugins_destroy(cfg);
+            gh_config_release(cfg);
+        }
+        gh_errors_init(&errs);
+        reload_failed(srv, &errs, "a listener could not be opened");
         gh_log_error("reload failed: keeping the running configuration");
         return;
     }
+    unsigned want = cfg->workers ? cfg->workers : (unsigned)uv_available_parallelism();
+    if (want != nworkers)
+        gh_log_warn("workers: %u takes effect at the next start; running %u", want, nworkers);
+    post_config(sh, fds);
+    admin_commit(srv, cfg, admin);
     gh__connectors_apply(srv, cfg);
-    gh__tunnels_reconcile(srv, cfg);
+    apply(srv, sh, fds);
+    free(fds);
+    shared_release(sh);
     srv->last_reload_ok = true;
     srv->last_reload_error[0] = '\0';
-    gh_snapshot_t *old = srv->snap;
-    srv->snap = gh__snapshot_new(srv, cfg);
-    srv->snap->plugins_created = true;
-    srv->snap->tls = tls;
     gh_log_level = cfg->log_level;
-    gh__health_start(srv->snap, srv->loop, old);
-    gh__health_stop(old);
-    gh__snapshot_release(old);
     srv->reloads_ok++;
     gh_log_info("configuration reloaded from %s", srv->config_path);
 }
 
+static void worker_stopped(void *arg)
+{
+    (void)arg;
+    others_running--;
+    gh__server_check_stopped(workers[0]);
+}
+
 static void finish_stop(gh_server_t *srv)
 {
-    uv_close((uv_handle_t *)&srv->sig_hup, NULL);
-    uv_close((uv_handle_t *)&srv->sig_term, NULL);
-    uv_close((uv_handle_t *)&srv->sig_int, NULL);
-    /* Closing the handlers restored the default actions (libuv does it at
-     * once); a late signal must not turn a clean exit into a kill. */
-    signal(SIGTERM, SIG_IGN);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
+    srv->stop_done = true;
+    if (srv->worker == 0) {
+        uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+        uv_close((uv_handle_t *)&srv->sig_term, NULL);
+        uv_close((uv_handle_t *)&srv->sig_int, NULL);
+        /* Closing the handlers restored the default actions (libuv does it at
+         * once); a late signal must not turn a clean exit into a kill. */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+    }
     uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&srv->flush, NULL);
     if (srv->snap) {
         gh__snapshot_release(srv->snap);
         srv->snap = NULL;
     }
+    gh_xloop_close(srv->inbox);
+    if (srv->worker != 0 && gh_xloop_post(workers[0]->inbox, worker_stopped, NULL) != 0)
+        gh_log_error("worker %u: cannot report its stop", srv->worker);
 }
 
 void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c)
@@ -316,19 +629,22 @@ void gh__server_conn_closed(gh_server_t *srv, gh_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    atomic_fetch_sub_explicit(&conns_open, 1, memory_order_relaxed);
     gh__server_check_stopped(srv);
 }
 
 void gh__server_check_stopped(gh_server_t *srv)
 {
-    if (srv->stopping && srv->nconns == 0 && srv->nretiring == 0 && srv->snap)
+    if (srv->stopping && !srv->stop_done && srv->nconns == 0 && srv->nretiring == 0 &&
+        (srv->worker != 0 || others_running == 0))
         finish_stop(srv);
 }
 
 static void shutdown_expired(uv_timer_t *t)
 {
     gh_server_t *srv = t->data;
-    gh_log_warn("shutdown timeout: closing %u connection(s)", srv->nconns);
+    if (srv->nconns)
+        gh_log_warn("shutdown timeout: closing %u connection(s)", srv->nconns);
     gh__connectors_force(srv);
     for (gh_conn_t *c = srv->conns, *n; c; c = n) {
         n = c->next;
@@ -336,15 +652,11 @@ static void shutdown_expired(uv_timer_t *t)
     }
 }
 
-static void begin_stop(gh_server_t *srv)
+/* One worker stops: listeners closed, idle connections closed, the others
+ * finish within timeouts.shutdown. */
+static void stop_worker(gh_server_t *srv)
 {
-    if (srv->stopping) {
-        gh_log_warn("second stop signal: exiting now");
-        gh__accesslog_flush();
-        exit(0);
-    }
     srv->stopping = true;
-    gh_log_info("stopping: %u connection(s) to finish", srv->nconns);
     /* Tunnels drain like any connection: no new streams, those in flight
      * finish, within timeouts.shutdown. */
     gh__connectors_stop(srv);
@@ -363,11 +675,32 @@ static void begin_stop(gh_server_t *srv)
         n = c->next;
         gh__conn_close_idle(c);
     }
-    if (srv->nconns == 0 && srv->nretiring == 0) {
-        finish_stop(srv);
-        return;
-    }
     uv_timer_start(&srv->shutdown_timer, shutdown_expired, srv->snap->cfg->timeouts.shutdown_ms, 0);
+    gh__server_check_stopped(srv);
+}
+
+static void stop_posted(void *arg)
+{
+    gh_server_t *srv = arg;
+    if (!srv->stopping)
+        stop_worker(srv);
+}
+
+static void begin_stop(gh_server_t *srv)
+{
+    if (srv->stopping) {
+        gh_log_warn("second stop signal: exiting now");
+        gh__accesslog_flush();
+        /* other workers may be mid-request: no exit handlers under them */
+        _exit(0);
+    }
+    unsigned total = srv->nconns;
+    gh_log_info("stopping: %u connection(s) to finish%s", total,
+                nworkers > 1 ? " on worker 0" : "");
+    for (unsigned k = 1; k < nworkers; k++)
+        if (gh_xloop_post(workers[k]->inbox, stop_posted, workers[k]) != 0)
+            gh_log_error("worker %u did not take the stop", k);
+    stop_worker(srv);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -402,13 +735,104 @@ static int write_pid_file(const char *path)
     return 0;
 }
 
+/* ---- running ---- */
+
+static gh_server_t *worker_new(unsigned k, const char *config_path)
+{
+    gh_server_t *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return NULL;
+    srv->worker = k;
+    srv->config_path = (char *)config_path;
+    if (k == 0) {
+        srv->loop = uv_default_loop();
+    } else {
+        srv->loop = malloc(sizeof *srv->loop);
+        if (!srv->loop || uv_loop_init(srv->loop) != 0) {
+            free(srv->loop);
+            free(srv);
+            return NULL;
+        }
+    }
+    if (gh_xloop_new(srv->loop, &srv->inbox) != 0) {
+        if (k != 0) {
+            uv_loop_close(srv->loop);
+            free(srv->loop);
+        }
+        free(srv);
+        return NULL;
+    }
+    uv_timer_init(srv->loop, &srv->shutdown_timer);
+    srv->shutdown_timer.data = srv;
+    uv_prepare_init(srv->loop, &srv->flush);
+    uv_prepare_start(&srv->flush, on_prepare);
+    /* referenced: it keeps a worker without listeners (a connector-only
+     * process) running until finish_stop closes it */
+    return srv;
+}
+
+/* After its loop ended (on its own thread). */
+static void worker_end(gh_server_t *srv)
+{
+    gh__accesslog_flush();
+    gh__tunnels_free(srv);
+    gh__buf_cache_clear();
+}
+
+static void worker_free(gh_server_t *srv)
+{
+    uv_loop_close(srv->loop);
+    gh_xloop_free(srv->inbox);
+    free(srv->retiring);
+    if (srv->worker != 0)
+        free(srv->loop);
+    free(srv);
+}
+
+static void *worker_main(void *arg)
+{
+    gh_server_t *srv = arg;
+    char name[16];
+    snprintf(name, sizeof name, "gh-worker-%u", srv->worker);
+    pthread_setname_np(pthread_self(), name);   /* shown by top -H, ps -L */
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    worker_end(srv);
+    return NULL;
+}
+
+/* Stops what a failed start left: closes every handle of every worker. */
+static void start_failed(void)
+{
+    for (unsigned k = 0; k < nworkers; k++) {
+        gh_server_t *srv = workers[k];
+        if (!srv)
+            continue;
+        for (gh_listener_t *l = srv->listeners, *n; l; l = n) {
+            n = l->next;
+            listener_close(l);
+        }
+        if (srv->admin)
+            listener_close(srv->admin);
+        if (k == 0) {
+            uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+            uv_close((uv_handle_t *)&srv->sig_term, NULL);
+            uv_close((uv_handle_t *)&srv->sig_int, NULL);
+        }
+        uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
+        uv_close((uv_handle_t *)&srv->flush, NULL);
+        gh_xloop_close(srv->inbox);
+        if (srv->snap)
+            gh__snapshot_release(srv->snap);
+        uv_run(srv->loop, UV_RUN_NOWAIT);
+        worker_free(srv);
+    }
+    free(workers);
+    workers = NULL;
+    nworkers = 0;
+}
+
 int gh_server_run(const char *config_path, gh_config_t *cfg)
 {
-    static gh_server_t srv_storage;
-    gh_server_t *srv = &srv_storage;
-    memset(srv, 0, sizeof *srv);
-    srv->loop = uv_default_loop();
-    srv->config_path = (char *)config_path;
     gh_log_level = cfg->log_level;
     signal(SIGPIPE, SIG_IGN);
 
@@ -416,8 +840,6 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
         gh_config_release(cfg);
         return 1;
     }
-    if (cfg->workers != 1)
-        gh_log_warn("workers: %u is not supported yet; running one event loop", cfg->workers);
     gh_errors_t perrs;
     gh_errors_init(&perrs);
     gh_tls_server_t *tls = NULL;
@@ -442,9 +864,24 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
         return 1;
     }
     gh_errors_free(&perrs);
-    srv->snap = gh__snapshot_new(srv, cfg);
-    srv->snap->plugins_created = true;
-    srv->snap->tls = tls;
+    gh_shared_t *sh = shared_new(cfg, tls);
+    nworkers = cfg->workers ? cfg->workers : (unsigned)uv_available_parallelism();
+    if (nworkers < 1)
+        nworkers = 1;
+    workers = calloc(nworkers, sizeof *workers);
+    if (!sh || !workers) {
+        gh_log_error("out of memory");
+        return 1;
+    }
+    for (unsigned k = 0; k < nworkers; k++) {
+        if (!(workers[k] = worker_new(k, config_path))) {
+            gh_log_error("cannot start worker %u", k);
+            shared_release(sh);
+            start_failed();
+            return 1;
+        }
+    }
+    gh_server_t *srv = workers[0];
     srv->started_ms = (uint64_t)time(NULL) * 1000;
     /* Signals are handled before the first connection can arrive: a
      * SIGTERM right after the port opens must stop gracefully, not kill. */
@@ -455,14 +892,33 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
     uv_signal_start(&srv->sig_int, on_signal, SIGINT);
-    if (sockets_apply(srv, cfg) != 0) {
-        uv_close((uv_handle_t *)&srv->sig_hup, NULL);
-        uv_close((uv_handle_t *)&srv->sig_term, NULL);
-        uv_close((uv_handle_t *)&srv->sig_int, NULL);
-        gh__snapshot_release(srv->snap);
-        srv->snap = NULL;
-        uv_run(srv->loop, UV_RUN_NOWAIT);
+    gh_listener_t *admin = NULL;
+    int *fds = sockets_open(srv, cfg);
+    if (!fds || admin_prepare(srv, cfg, &admin) != 0) {
+        if (fds) {
+            for (size_t i = 0; i < cfg->nlistens * nworkers; i++)
+                if (fds[i] >= 0)
+                    close(fds[i]);
+            free(fds);
+        }
+        shared_release(sh);
+        start_failed();
         return 1;
+    }
+    srv->admin = admin;
+    /* Before the threads start, every loop is this thread's to set up. */
+    for (unsigned k = 0; k < nworkers; k++) {
+        listeners_apply(workers[k], cfg, fds);
+        workers[k]->snap = gh__snapshot_new(workers[k], sh);
+    }
+    free(fds);
+    shared_release(sh);
+    for (unsigned k = 0; k < nworkers; k++) {
+        if (!workers[k]->snap) {
+            gh_log_error("out of memory");
+            start_failed();
+            return 1;
+        }
     }
     char *pid_file = cfg->pid_file ? strdup(cfg->pid_file) : NULL;
     if (pid_file && write_pid_file(pid_file) != 0) {
@@ -470,26 +926,36 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
         free(pid_file);
         return 1;
     }
+    pthread_t *threads = calloc(nworkers, sizeof *threads);
+    for (unsigned k = 1; k < nworkers; k++) {
+        if (!threads || pthread_create(&threads[k], NULL, worker_main, workers[k]) != 0) {
+            gh_log_error("cannot start worker thread %u", k);
+            exit(1);
+        }
+        others_running++;
+    }
 
-    uv_timer_init(srv->loop, &srv->shutdown_timer);
-    srv->shutdown_timer.data = srv;
-    uv_prepare_init(srv->loop, &srv->flush);
-    uv_prepare_start(&srv->flush, on_prepare);
-    uv_unref((uv_handle_t *)&srv->flush);
     gh__health_start(srv->snap, srv->loop, NULL);
     gh__connectors_apply(srv, cfg);
-    gh_log_info("gatehouse %s started with %s", GH_VERSION, config_path);
+    if (nworkers > 1)
+        gh_log_info("gatehouse %s started with %s, %u workers", GH_VERSION, config_path, nworkers);
+    else
+        gh_log_info("gatehouse %s started with %s", GH_VERSION, config_path);
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
-    gh__accesslog_flush();
-    gh__tunnels_free(srv);
-    free(srv->retiring);
-    gh__buf_cache_clear();
+    for (unsigned k = 1; k < nworkers; k++)
+        pthread_join(threads[k], NULL);
+    free(threads);
+    worker_end(srv);
+    int code = srv->exit_code;
+    for (unsigned k = 0; k < nworkers; k++)
+        worker_free(workers[k]);
+    free(workers);
+    workers = NULL;
     if (pid_file) {
         unlink(pid_file);
         free(pid_file);
     }
     gh_log_info("stopped");
-    uv_loop_close(srv->loop);
-    return srv->exit_code;
+    return code;
 }

@@ -1,7 +1,14 @@
 /* The edge side of the tunnel: connectors attach by upgrading a request on
  * any listener (docs/tunnel-protocol.md), their sessions are kept per
  * tunnel name across reloads, and `tunnel://NAME/SERVICE` upstreams open
- * streams on them, the connection with the fewest open streams first. */
+ * streams on them, the connection with the fewest open streams first.
+ *
+ * A session lives on the worker that accepted its upgrade. A worker with no
+ * session of a tunnel opens the stream on one that has: it gets one end of
+ * a cross-thread pipe (proxy/xpipe.h), and the other worker relays the other
+ * end to a stream of its session. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,8 +18,10 @@
 #include "proxy/connector.h"
 #include "proxy/log.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/tunnel_edge.h"
 #include "proxy/tunnel_session.h"
+#include "proxy/xpipe.h"
 
 struct gh_tunnel_rt {
     gh_tunnel_rt_t *next;
@@ -29,6 +38,60 @@ typedef struct attached {
     gh_conn_t *conn;
     uint8_t token_sha256[32];   /* what it attached with, to evict it on rotation */
 } attached_t;
+
+/* ---- which workers hold sessions of which tunnel ---- */
+
+typedef struct held {
+    struct held *next;
+    char *name;
+    unsigned worker;
+    unsigned n;             /* sessions of that tunnel on that worker */
+} held_t;
+
+static pthread_mutex_t held_mu = PTHREAD_MUTEX_INITIALIZER;
+static held_t *held_list;   /* entries stay once made: a handful of tunnels x workers */
+
+static void held_add(const char *name, unsigned worker, int delta)
+{
+    pthread_mutex_lock(&held_mu);
+    held_t *h = held_list;
+    while (h && !(h->worker == worker && strcmp(h->name, name) == 0))
+        h = h->next;
+    if (!h && delta > 0 && (h = calloc(1, sizeof *h))) {
+        if ((h->name = strdup(name))) {
+            h->worker = worker;
+            h->next = held_list;
+            held_list = h;
+        } else {
+            free(h);
+            h = NULL;
+        }
+    }
+    if (h && (delta > 0 || h->n > 0))
+        h->n += (unsigned)delta;
+    pthread_mutex_unlock(&held_mu);
+}
+
+/* A worker other than self holding a session of name, taking turns; -1 if none. */
+static int held_pick(const char *name, unsigned self)
+{
+    static atomic_uint turn;
+    unsigned start = atomic_fetch_add_explicit(&turn, 1, memory_order_relaxed);
+    int best = -1;
+    unsigned best_rank = ~0u, nw = gh__nworkers();
+    pthread_mutex_lock(&held_mu);
+    for (held_t *h = held_list; h; h = h->next) {
+        if (h->n == 0 || h->worker == self || strcmp(h->name, name) != 0)
+            continue;
+        unsigned rank = (h->worker + nw - start % nw) % nw;
+        if (rank < best_rank) {
+            best_rank = rank;
+            best = (int)h->worker;
+        }
+    }
+    pthread_mutex_unlock(&held_mu);
+    return best;
+}
 
 static gh_tunnel_rt_t *find(gh_server_t *srv, const char *name, bool create)
 {
@@ -63,6 +126,7 @@ static void session_closed(gh_tsession_t *s, int reason, void *data)
 {
     attached_t *a = data;
     detach(a->t, s);
+    held_add(a->t->name, a->srv->worker, -1);
     gh_log_warn("tunnel %s: a connector connection ended: %s (%zu left)", a->t->name,
                 reason ? uv_strerror(reason) : "go-away", a->t->n);
     a->conn->tsess = NULL;
@@ -184,11 +248,12 @@ void gh__tunnel_accept(gh_req_t *r)
     t->att[t->n] = a;
     t->sess[t->n++] = s;
     t->attached++;
+    held_add(t->name, srv->worker, +1);
     gh_log_info("tunnel %s: connector attached from %s (%zu connection(s))", t->name,
                 c->peer_ip, t->n);
 }
 
-gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *service)
+static gh_stream_t *open_here(gh_server_t *srv, const char *tunnel, const char *service)
 {
     gh_tunnel_rt_t *t = find(srv, tunnel, false);
     if (!t)
@@ -207,18 +272,117 @@ gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *s
     return best ? gh_tsession_open(best, service) : NULL;
 }
 
-void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *conns,
-                       unsigned *streams)
+/* ---- streams of a session on another worker ---- */
+
+typedef struct remote_open {
+    gh_server_t *w;         /* the worker holding the session */
+    gh_stream_t *end;       /* its end of the pipe */
+    char *service;
+    char tunnel[];
+} remote_open_t;
+
+static void remote_relayed(void *data, int error, unsigned long long a_to_b,
+                           unsigned long long b_to_a)
 {
-    *conns = *streams = 0;
+    (void)data;
+    (void)error;
+    (void)a_to_b;
+    (void)b_to_a;
+}
+
+static void end_closed(gh_stream_t *s)
+{
+    (void)s;
+}
+
+/* On the session's worker. */
+static void remote_open_run(void *arg)
+{
+    remote_open_t *m = arg;
+    gh_stream_t *st = m->w->stopping ? NULL : open_here(m->w, m->tunnel, m->service);
+    if (!st || !gh_relay_start(m->end, st, NULL, 0, remote_relayed, NULL)) {
+        /* the requesting worker reads a reset and answers 502 */
+        if (st)
+            gh_stream_close(st);
+        m->end->on_close = end_closed;
+        gh_stream_close(m->end);
+    }
+    free(m->service);
+    free(m);
+}
+
+static gh_stream_t *open_elsewhere(gh_server_t *srv, const char *tunnel, const char *service)
+{
+    int k = held_pick(tunnel, srv->worker);
+    gh_server_t *w = k >= 0 ? gh__worker((unsigned)k) : NULL;
+    if (!w)
+        return NULL;
+    size_t tlen = strlen(tunnel) + 1;
+    remote_open_t *m = malloc(sizeof *m + tlen);
+    gh_stream_t *mine = NULL;
+    if (!m || !(m->service = strdup(service))) {
+        free(m);
+        return NULL;
+    }
+    memcpy(m->tunnel, tunnel, tlen);
+    m->w = w;
+    if (gh_xpipe_new(srv->inbox, w->inbox, &mine, &m->end) != 0) {
+        free(m->service);
+        free(m);
+        return NULL;
+    }
+    if (gh_xloop_post(w->inbox, remote_open_run, m) != 0) {
+        /* that worker has stopped: its end is dropped with the pipe */
+        gh_xpipe_drop(m->end);
+        mine->on_close = end_closed;
+        gh_stream_close(mine);
+        free(m->service);
+        free(m);
+        return NULL;
+    }
+    return mine;
+}
+
+gh_stream_t *gh__tunnel_open(gh_server_t *srv, const char *tunnel, const char *service)
+{
+    gh_stream_t *s = open_here(srv, tunnel, service);
+    if (!s && gh__nworkers() > 1)
+        s = open_elsewhere(srv, tunnel, service);
+    return s;
+}
+
+typedef struct counts {
+    unsigned conns, streams;
+} counts_t;
+
+static void counts_here(gh_server_t *srv, const void *arg, void *slot)
+{
+    counts_t *out = slot;
     const gh_tunnel_rt_t *t = srv->tunnels;
-    while (t && strcmp(t->name, tunnel) != 0)
+    while (t && strcmp(t->name, arg) != 0)
         t = t->next;
     if (!t)
         return;
-    *conns = (unsigned)t->n;
+    out->conns = (unsigned)t->n;
     for (size_t i = 0; i < t->n; i++)
-        *streams += gh_tsession_nstreams(t->sess[i]);
+        out->streams += gh_tsession_nstreams(t->sess[i]);
+}
+
+void gh__tunnel_counts(const gh_server_t *srv, const char *tunnel, unsigned *conns,
+                       unsigned *streams)
+{
+    unsigned nw = gh__nworkers() ? gh__nworkers() : 1;
+    counts_t *all = calloc(nw, sizeof *all);
+    *conns = *streams = 0;
+    if (!all)
+        return;
+    gh__workers_gather((gh_server_t *)srv, counts_here, tunnel, strlen(tunnel) + 1, all,
+                       sizeof *all);
+    for (unsigned k = 0; k < nw; k++) {
+        *conns += all[k].conns;
+        *streams += all[k].streams;
+    }
+    free(all);
 }
 
 void gh__tunnels_goaway(gh_server_t *srv)

@@ -405,6 +405,12 @@ void gh_tsession_stream_refuse(gh_stream_t *b)
 
 bool gh_tsession_stream_reusable(const gh_stream_t *b)
 {
+    /* A stream of a session on another worker comes through a pipe; whether
+     * that session is going away cannot be asked from here, so such a stream
+     * is used once and not pooled (a pooled one would keep a draining
+     * session alive). */
+    if (b->ops != &tstream_ops)
+        return false;
     const gh__tstream_t *st = (const gh__tstream_t *)b;
     return !b->closing && gh_tsession_can_open(st->s);
 }

