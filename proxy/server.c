@@ -774,6 +774,7 @@ static gh_server_t *worker_new(unsigned k, const char *config_path)
 /* After its loop ended (on its own thread). */
 static void worker_end(gh_server_t *srv)
 {
+    gh_tcp_stream_loop_done(srv->loop);
     gh__accesslog_flush();
     gh__tunnels_free(srv);
     gh__buf_cache_clear();

@@ -64,16 +64,28 @@ static inline void gh_stream_close(gh_stream_t *s)
     }
 }
 
-/* Plain TCP. */
+/* Plain TCP. read_stop is lazy: the socket stays in the poll set, and only
+ * if it turns readable while stopped is it taken out for real. A request
+ * stops and restarts reading its client and its upstream connection several
+ * times over, and each real stop and start costs epoll_ctl calls; most of
+ * those pauses end before the peer sends anything. */
 typedef struct gh_tcp_stream {
     gh_stream_t base;
     uv_tcp_t tcp;
     uv_shutdown_t shutdown_req;
     gh_connect_cb on_connect;   /* the uv_connect_t is allocated per connect */
+    unsigned char rd;           /* GH_TCP_RD_* */
+    unsigned queued;            /* uv_write requests not yet completed */
 } gh_tcp_stream_t;
+
+enum { GH_TCP_RD_OFF, GH_TCP_RD_ON, GH_TCP_RD_PAUSED /* libuv still reads */ };
 
 /* Initialises s on loop; the caller then accepts into s->tcp or connects. */
 int gh_tcp_stream_init(gh_tcp_stream_t *s, uv_loop_t *loop);
 int gh_tcp_stream_connect(gh_tcp_stream_t *s, const struct sockaddr *addr, gh_connect_cb cb);
+/* Before uv_loop_close of a loop that carried TCP streams, on its thread:
+ * runs the write completions still waiting and closes the handles that run
+ * them (the loop is run once, without waiting). */
+void gh_tcp_stream_loop_done(uv_loop_t *loop);
 
 #endif

@@ -1542,6 +1542,7 @@ int main(void)
     uv_close((uv_handle_t *)&l13.tcp, NULL);
     uv_close((uv_handle_t *)&lself.tcp, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
+    gh_tcp_stream_loop_done(loop);
     CHECK_INT(uv_loop_close(loop), 0);
     gh_tls_server_free(smain);
     gh_tls_server_free(s13);

@@ -1298,6 +1298,7 @@ int main(void)
     test_bdp();
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
+    gh_tcp_stream_loop_done(loop);
     CHECK_INT(uv_loop_close(loop), 0);
     TEST_MAIN_END();
 }
