@@ -425,13 +425,20 @@ void gh__conn_request_done(gh_conn_t *c)
         return;
     bool keep = r->client_keep_alive && !r->resp_close && r->req_body_done && !c->server->stopping &&
                 r->phase != GH_R_TUNNEL;
+    /* Nothing of the client's left unread (it asked to close, or spoke
+     * HTTP/1.0): closing at once sends the answer and a FIN, as lingering
+     * would, for a fraction of the work. TLS lingers for its close_notify. */
+    bool drained = r->req_body_done && c->len == c->off && r->phase != GH_R_TUNNEL && !c->tls;
     r->phase = GH_R_DONE;
     gh__accesslog_write(r);
     gh_metrics_request(r);
     req_free(r);
     c->req = NULL;
     if (!keep) {
-        conn_linger(c);
+        if (drained)
+            gh__conn_abort(c);
+        else
+            conn_linger(c);
         return;
     }
     if (c->peer_eof && c->len == c->off) {
