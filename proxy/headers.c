@@ -249,7 +249,8 @@ void gh__real_client(gh_req_t *r)
     gh_conn_t *c = r->conn;
     const gh_config_t *cfg = r->snap->cfg;
     const gh_h1_head_t *h = &r->head;
-    snprintf(r->client_ip, sizeof r->client_ip, "%s", c->peer_ip);
+    _Static_assert(sizeof r->client_ip == sizeof c->peer_ip, "client_ip and peer_ip differ");
+    memcpy(r->client_ip, c->peer_ip, sizeof r->client_ip);  /* NUL-terminated; no printf per request */
     memcpy(&r->client_addr, &c->peer, sizeof c->peer);
     if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&c->peer))
         return;
