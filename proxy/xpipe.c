@@ -711,17 +711,12 @@ static int xp_shutdown(gh_stream_t *s)
     return rc;
 }
 
-/* The peer learns now; this end finishes in service (write callbacks with
- * UV_ECANCELED, then on_close). */
-static void xp_close(gh_stream_t *s)
+/* e is going away (the lock held): what it had not finished writing reads
+ * as a reset at the peer, writes toward it fail, and the peer hears of it. */
+static void end_gone(gh_xpipe_t *p, xend_t *e)
 {
-    xend_t *e = (xend_t *)s;
-    gh_xpipe_t *p = e->p;
     xend_t *peer = peer_of(e);
     xdir_t *out = &p->d[e->idx], *in = &p->d[!e->idx];
-    attach(e);
-    e->reading = false;
-    lock(p);
     e->rd_on = false;
     if (!out->fin && !out->rerr)
         out->rerr = UV_ECONNRESET;
@@ -731,6 +726,18 @@ static void xp_close(gh_stream_t *s)
     if (peer->finished)
         discard(out);
     schedule(p, peer);
+}
+
+/* The peer learns now; this end finishes in service (write callbacks with
+ * UV_ECANCELED, then on_close). */
+static void xp_close(gh_stream_t *s)
+{
+    xend_t *e = (xend_t *)s;
+    gh_xpipe_t *p = e->p;
+    attach(e);
+    e->reading = false;
+    lock(p);
+    end_gone(p, e);
     schedule(p, e);
     unlock(p);
 }
@@ -794,20 +801,10 @@ void gh_xpipe_drop(gh_stream_t *s)
 {
     xend_t *e = (xend_t *)s;
     gh_xpipe_t *p = e->p;
-    xend_t *peer = peer_of(e);
-    xdir_t *out = &p->d[e->idx], *in = &p->d[!e->idx];
     detach(e);
     lock(p);
     e->finished = true;
-    e->rd_on = false;
-    if (!out->fin && !out->rerr)
-        out->rerr = UV_ECONNRESET;
-    if (!in->werr)
-        in->werr = UV_EPIPE;
-    discard(in);
-    if (peer->finished)
-        discard(out);
-    schedule(p, peer);
+    end_gone(p, e);
     unlock(p);
     pipe_unref(p);
 }
