@@ -245,10 +245,12 @@ static void on_connection(uv_stream_t *h, int status)
 }
 
 /* A listening socket for lc. With several workers each gets its own socket
- * of the address (SO_REUSEPORT) and the kernel spreads connections over
- * them; one worker binds without it, so a busy port is an error as usual.
- * Returns the fd, or a negative errno after logging it. */
-static int listen_socket(const gh_listen_conf_t *lc)
+ * of the address (reuseport: SO_REUSEPORT) and the kernel spreads
+ * connections over them; one worker binds without it, so a port another
+ * program holds is an error as usual (with it too: the other program's
+ * socket does not share). Returns the fd, or a negative errno after
+ * logging it. */
+static int listen_socket(const gh_listen_conf_t *lc, bool reuseport)
 {
     int fam = lc->addr.ss_family;
     int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -256,7 +258,7 @@ static int listen_socket(const gh_listen_conf_t *lc)
     if (fd < 0)
         rc = -errno;
     else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-             (nworkers > 1 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+             (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
              (fam == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0))
         rc = -errno;
     else if (bind(fd, (const struct sockaddr *)&lc->addr,
@@ -337,7 +339,7 @@ static int *sockets_open(gh_server_t *w0, const gh_config_t *cfg)
         if (listener_find(w0, cfg->listens[i].address))
             continue;
         for (unsigned k = 0; k < nworkers; k++) {
-            int fd = listen_socket(&cfg->listens[i]);
+            int fd = listen_socket(&cfg->listens[i], nworkers > 1);
             if (fd < 0) {
                 for (size_t j = 0; j < n; j++)
                     if (fds[j] >= 0)
@@ -410,10 +412,7 @@ static int admin_prepare(gh_server_t *srv, const gh_config_t *cfg, gh_listener_t
     lc.addr = cfg->admin.addr;
     lc.addrlen = cfg->admin.addrlen;
     lc.loc = cfg->admin.loc;
-    unsigned nw = nworkers;
-    nworkers = 1;   /* one admin socket: no SO_REUSEPORT */
-    int fd = listen_socket(&lc);
-    nworkers = nw;
+    int fd = listen_socket(&lc, false); /* worker 0 alone serves it */
     gh_listener_t *l = fd >= 0 ? listener_open(srv, &lc, fd) : NULL;
     if (!l)
         return -1;
