@@ -3,7 +3,8 @@
  *
  * Also the small growable output buffer and the escaping that /metrics,
  * /status and /status.json share, so that every byte taken from a config
- * or a request goes through one audited function on its way out. */
+ * or a request goes through one audited function on its way out (those
+ * live in proxy/obuf.c). */
 #ifndef GH_METRICS_H
 #define GH_METRICS_H
 

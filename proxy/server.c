@@ -46,107 +46,6 @@ gh_server_t *gh__worker(unsigned i)
     return i < nworkers ? workers[i] : NULL;
 }
 
-typedef struct gather {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    unsigned pending;       /* workers yet to answer */
-    unsigned refs;          /* the caller and each job posted */
-    bool abandoned;         /* the caller stopped waiting: answers are dropped */
-    void (*fn)(gh_server_t *w, const void *arg, void *slot);
-    size_t size;
-    char *out;              /* nworkers slots */
-    char arg[];
-} gather_t;
-
-typedef struct gather_job {
-    gather_t *g;
-    gh_server_t *w;
-} gather_job_t;
-
-static void gather_unref(gather_t *g)
-{
-    pthread_mutex_lock(&g->mu);
-    bool last = --g->refs == 0;
-    pthread_mutex_unlock(&g->mu);
-    if (last) {
-        pthread_mutex_destroy(&g->mu);
-        pthread_cond_destroy(&g->cv);
-        free(g->out);
-        free(g);
-    }
-}
-
-static void gather_run(void *arg)
-{
-    gather_job_t *j = arg;
-    gather_t *g = j->g;
-    char *slot = calloc(1, g->size ? g->size : 1);
-    if (slot)
-        g->fn(j->w, g->arg, slot);
-    pthread_mutex_lock(&g->mu);
-    if (slot && !g->abandoned)
-        memcpy(g->out + j->w->worker * g->size, slot, g->size);
-    g->pending--;
-    pthread_cond_signal(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    free(slot);
-    free(j);
-    gather_unref(g);
-}
-
-void gh__workers_gather(gh_server_t *self, void (*fn)(gh_server_t *w, const void *arg, void *slot),
-                        const void *arg, size_t argsize, void *out, size_t size)
-{
-    memset(out, 0, size * nworkers);
-    fn(self, arg, (char *)out + self->worker * size);
-    if (nworkers < 2)
-        return;
-    gather_t *g = calloc(1, sizeof *g + argsize);
-    if (!g || !(g->out = calloc(nworkers, size ? size : 1))) {
-        free(g);
-        return;
-    }
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
-    g->fn = fn;
-    g->size = size;
-    g->refs = 1;
-    memcpy(g->arg, arg, argsize);
-    for (unsigned k = 0; k < nworkers; k++) {
-        if (k == self->worker)
-            continue;
-        gather_job_t *j = malloc(sizeof *j);
-        if (!j)
-            continue;
-        j->g = g;
-        j->w = workers[k];
-        pthread_mutex_lock(&g->mu);
-        g->pending++;
-        g->refs++;
-        pthread_mutex_unlock(&g->mu);
-        if (gh_xloop_post(workers[k]->inbox, gather_run, j) != 0) {
-            pthread_mutex_lock(&g->mu);
-            g->pending--;
-            g->refs--;
-            pthread_mutex_unlock(&g->mu);
-            free(j);
-        }
-    }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 1;
-    pthread_mutex_lock(&g->mu);
-    while (g->pending > 0)
-        if (pthread_cond_timedwait(&g->cv, &g->mu, &until) != 0)
-            break;
-    g->abandoned = true;
-    for (unsigned k = 0; k < nworkers; k++)
-        if (k != self->worker)
-            memcpy((char *)out + k * size, g->out + k * size, size);
-    pthread_mutex_unlock(&g->mu);
-    gather_unref(g);
-}
-
 /* ---- what the workers share of a config ---- */
 
 static gh_shared_t *shared_new(gh_config_t *cfg, gh_tls_server_t *tls)
@@ -326,6 +225,22 @@ static gh_listener_t *listener_find(gh_server_t *srv, const char *address)
     return NULL;
 }
 
+/* Closes worker k's sockets in a table from sockets_open (nlistens rows). */
+static void fds_close_worker(const int *fds, size_t nlistens, unsigned k)
+{
+    for (size_t i = 0; i < nlistens; i++)
+        if (fds[i * nworkers + k] >= 0)
+            close(fds[i * nworkers + k]);
+}
+
+/* Closes every socket of such a table and frees it; NULL is fine. */
+static void fds_discard(int *fds, size_t nlistens)
+{
+    for (unsigned k = 0; fds && k < nworkers; k++)
+        fds_close_worker(fds, nlistens, k);
+    free(fds);
+}
+
 /* The sockets a new config adds, opened before anything is closed:
  * fds[i * nworkers + k] is worker k's socket of cfg->listens[i], or -1
  * where worker 0 already listens on that address (kept, backlog and all).
@@ -344,10 +259,7 @@ static int *sockets_open(gh_server_t *w0, const gh_config_t *cfg)
         for (unsigned k = 0; k < nworkers; k++) {
             int fd = listen_socket(&cfg->listens[i], nworkers > 1);
             if (fd < 0) {
-                for (size_t j = 0; j < n; j++)
-                    if (fds[j] >= 0)
-                        close(fds[j]);
-                free(fds);
+                fds_discard(fds, cfg->nlistens);
                 return NULL;
             }
             fds[i * nworkers + k] = fd;
@@ -474,9 +386,7 @@ static void apply_posted(void *arg)
     if (!m->srv->stopping)
         apply(m->srv, m->sh, m->fds);
     else
-        for (size_t i = 0; i < m->sh->cfg->nlistens; i++)
-            if (m->fds[i * nworkers + m->srv->worker] >= 0)
-                close(m->fds[i * nworkers + m->srv->worker]);
+        fds_close_worker(m->fds, m->sh->cfg->nlistens, m->srv->worker);
     shared_release(m->sh);
     free(m->fds);
     free(m);
@@ -500,9 +410,7 @@ static void post_config(gh_shared_t *sh, const int *fds)
             shared_release(sh);
         }
         gh_log_error("worker %u could not take the new configuration", k);
-        for (size_t i = 0; i < sh->cfg->nlistens; i++)
-            if (fds[i * nworkers + k] >= 0)
-                close(fds[i * nworkers + k]);
+        fds_close_worker(fds, sh->cfg->nlistens, k);
         free(m);
         free(copy);
     }
@@ -556,12 +464,7 @@ static void reload(gh_server_t *srv)
     gh_listener_t *admin = NULL;
     int *fds = sh ? sockets_open(srv, cfg) : NULL;
     if (!fds || admin_prepare(srv, cfg, &admin) != 0) {
-        if (fds) {
-            for (size_t i = 0; i < cfg->nlistens * nworkers; i++)
-                if (fds[i] >= 0)
-                    close(fds[i]);
-            free(fds);
-        }
+        fds_discard(fds, cfg->nlistens);
         if (sh) {
             shared_release(sh);
         } else {
@@ -898,12 +801,7 @@ int gh_server_run(const char *config_path, gh_config_t *cfg)
     gh_listener_t *admin = NULL;
     int *fds = sockets_open(srv, cfg);
     if (!fds || admin_prepare(srv, cfg, &admin) != 0) {
-        if (fds) {
-            for (size_t i = 0; i < cfg->nlistens * nworkers; i++)
-                if (fds[i] >= 0)
-                    close(fds[i]);
-            free(fds);
-        }
+        fds_discard(fds, cfg->nlistens);
         shared_release(sh);
         start_failed();
         return 1;
