@@ -557,6 +557,10 @@ class Gatehouse:
                                  f"within {ready_seconds}s; stderr:\n{self.stderr()}")
             self.returncode = rc
             raise StartError(f"gatehouse exited with {rc} at start-up; stderr:\n{self.stderr()}")
+        # The port accepts as soon as the first listener is open; the start-up
+        # line comes once every worker thread is running.
+        wait_until(lambda: "started with" in self.stderr() or self.proc.poll() is not None,
+                   ready_seconds)
         return self
 
     def stderr(self):
