@@ -204,6 +204,7 @@ struct gh_req {
     bool client_writing;    /* a write to the client is in flight */
     bool upstream_writing;  /* a write upstream is in flight */
     bool retried_stale;
+    unsigned char refused_retries;  /* tunnel streams refused so far */
     bool connect_timed_out;
     int status;
     uint64_t body_bytes;    /* request body bytes so far */
@@ -280,6 +281,11 @@ struct gh_server {
     size_t nconnectors;
     struct gh_connector **retiring;     /* draining after a reload or at stop */
     size_t nretiring;
+    struct gh_connector **superseded;   /* replaced by a reload, kept until the
+                                           replacements are up */
+    size_t nsuperseded;
+    uv_timer_t *swap_timer;             /* watches the replacements; NULL if none */
+    uint64_t swap_deadline;             /* loop time when superseded go anyway */
     uint64_t reloads_ok, reloads_failed;
     uint64_t started_ms;    /* wall clock at start, for /status */
     uint64_t last_reload_ms;/* wall clock of the last reload attempt */

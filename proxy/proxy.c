@@ -57,6 +57,18 @@ static bool stale_retry_ok(const gh_req_t *r, const gh_uconn_t *uc)
             strcmp(r->method, "OPTIONS") == 0);
 }
 
+/* A stream the connector refused (RESET REFUSED: a go-away crossed the
+ * open, too many streams, an unknown service) processed nothing, whatever
+ * the method: it may go again, on another connection of the tunnel, as long
+ * as no request body byte has been let go of. */
+#define REFUSED_RETRIES 3
+
+static bool refused_retry_ok(const gh_req_t *r, const gh_uconn_t *uc, int err)
+{
+    return err == UV_ECONNREFUSED && uc->srv && uc->srv->conf->scheme == GH_SCHEME_TUNNEL &&
+           !r->resp_head_parsed && r->body_bytes == 0 && r->refused_retries < REFUSED_RETRIES;
+}
+
 /* Detaches and closes the upstream connection of r, if any. */
 static void drop_upstream(gh_req_t *r, bool reusable)
 {
@@ -67,6 +79,35 @@ static void drop_upstream(gh_req_t *r, bool reusable)
     r->upstream_writing = false;
     uc->req = NULL;
     gh__uconn_release(uc, reusable);
+}
+
+/* Sends r again, to the same server if need be: nothing of it was taken. */
+static void retry_upstream(gh_req_t *r)
+{
+    drop_upstream(r, false);
+    if (r->srv) {
+        size_t i = (size_t)(r->srv - r->up->servers);
+        if (i < 32)
+            r->tried &= ~(1u << i);
+        r->attempts--;
+    }
+    acquire(r);
+}
+
+/* Retries r if the upstream's failure err allows it; true if it did. */
+static bool retried(gh_req_t *r, gh_uconn_t *uc, int err)
+{
+    if (refused_retry_ok(r, uc, err)) {
+        r->refused_retries++;
+        gh_log_info("request %s: tunnel %s refused the stream; trying again", r->request_id,
+                    uc->srv->conf->host);
+    } else if (stale_retry_ok(r, uc) && uc->len == 0) {
+        r->retried_stale = true;
+    } else {
+        return false;
+    }
+    retry_upstream(r);
+    return true;
 }
 
 void gh__proxy_release(gh_req_t *r)
@@ -186,20 +227,11 @@ static void upstream_written(gh_write_req_t *w, int status)
         return;
     r->upstream_writing = false;
     if (status < 0) {
-        /* A pooled connection the server had already closed: nothing of the
-         * request was taken, so a fresh connection may carry it once. */
-        if (stale_retry_ok(r, uc)) {
-            r->retried_stale = true;
-            drop_upstream(r, false);
-            if (r->srv) {
-                size_t i = (size_t)(r->srv - r->up->servers);
-                if (i < 32)
-                    r->tried &= ~(1u << i);
-                r->attempts--;
-            }
-            acquire(r);
+        /* A pooled connection the server had already closed, or a refused
+         * tunnel stream: nothing of the request was taken, so a fresh
+         * connection may carry it. */
+        if (retried(r, uc, status))
             return;
-        }
         gh_log_warn("request %s: write to upstream %s failed: %s", r->request_id,
                     uc->srv ? uc->srv->conf->authority : "?", uc_why(uc, status));
         fail(r, 502);
@@ -576,18 +608,8 @@ static void upstream_eof(gh_req_t *r, ssize_t err)
         return;
     }
     if (!r->resp_head_parsed) {
-        if (stale_retry_ok(r, uc) && uc->len == 0) {
-            r->retried_stale = true;
-            drop_upstream(r, false);
-            if (r->srv) {
-                size_t i = (size_t)(r->srv - r->up->servers);
-                if (i < 32)
-                    r->tried &= ~(1u << i);
-                r->attempts--;
-            }
-            acquire(r);
+        if (retried(r, uc, (int)err))
             return;
-        }
         gh_log_warn("request %s: upstream %s closed before responding: %s",
                     r->request_id, r->srv ? r->srv->conf->authority : "?", uc_why(uc, (int)err));
         fail(r, 502);

@@ -55,8 +55,10 @@ static void close_both(gh_relay_t *r, int error)
     r->closing = true;
     if (!r->error)
         r->error = error;
-    gh_stream_close(r->sd[0].s);
-    gh_stream_close(r->sd[1].s);
+    /* a refusal (nothing was processed) stays one across a bridge */
+    int why = error == UV_ECONNREFUSED ? error : UV_ECONNRESET;
+    gh_stream_close_err(r->sd[0].s, why);
+    gh_stream_close_err(r->sd[1].s, why);
 }
 
 /* Both directions are over once each side has ended and what it sent has

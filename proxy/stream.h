@@ -37,6 +37,9 @@ typedef struct gh_stream_ops {
     int (*shutdown)(gh_stream_t *s);    /* half-close after queued writes */
     void (*close)(gh_stream_t *s);
     size_t (*write_queue_size)(const gh_stream_t *s);
+    /* Optional: the error the peer reads if s is closed without a shutdown
+     * (carriers that cannot say why, TCP and TLS, leave it NULL). */
+    void (*set_reset)(gh_stream_t *s, int err);
 } gh_stream_ops_t;
 
 struct gh_stream {
@@ -62,6 +65,14 @@ static inline void gh_stream_close(gh_stream_t *s)
         s->closing = 1;
         s->ops->close(s);
     }
+}
+
+/* Closes s; where the carrier can tell its peer why, the peer reads err. */
+static inline void gh_stream_close_err(gh_stream_t *s, int err)
+{
+    if (!s->closing && s->ops->set_reset)
+        s->ops->set_reset(s, err);
+    gh_stream_close(s);
 }
 
 /* Plain TCP. read_stop is lazy: the socket stays in the poll set, and only

@@ -459,8 +459,68 @@ static void retire(gh_server_t *srv, gh_connector_t *c)
     gh_connector_retire(c, retired, ref);
 }
 
+/* Make before break: connections a reload replaced keep serving until
+ * every connection of the new config is up (or SWAP_MAX_MS passed), so
+ * that the edge always has a connection to open streams on. */
+#define SWAP_POLL_MS 25
+#define SWAP_MAX_MS 10000
+
+static void swap_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void swap_finish(gh_server_t *srv)
+{
+    for (size_t m = 0; m < srv->nsuperseded; m++)
+        retire(srv, srv->superseded[m]);
+    free(srv->superseded);
+    srv->superseded = NULL;
+    srv->nsuperseded = 0;
+    if (srv->swap_timer) {
+        uv_close((uv_handle_t *)srv->swap_timer, swap_timer_closed);
+        srv->swap_timer = NULL;
+    }
+}
+
+static void swap_check(uv_timer_t *t)
+{
+    gh_server_t *srv = t->data;
+    bool all_up = true;
+    for (size_t m = 0; m < srv->nconnectors && all_up; m++)
+        all_up = gh_connector_up(srv->connectors[m]);
+    if (all_up || uv_now(srv->loop) >= srv->swap_deadline) {
+        if (!all_up)
+            gh_log_warn("tunnel connections replaced by a reload are not all up after %d s; "
+                        "the old ones go now", SWAP_MAX_MS / 1000);
+        swap_finish(srv);
+    }
+}
+
+/* Takes old (malloc'd, nold entries) as superseded: retired once every
+ * current connector is up. */
+static void swap_start(gh_server_t *srv, gh_connector_t **old, size_t nold)
+{
+    uv_timer_t *t = nold ? malloc(sizeof *t) : NULL;
+    if (!t || uv_timer_init(srv->loop, t) != 0) {
+        free(t);
+        srv->superseded = old;
+        srv->nsuperseded = nold;
+        swap_finish(srv);
+        return;
+    }
+    t->data = srv;
+    srv->superseded = old;
+    srv->nsuperseded = nold;
+    srv->swap_timer = t;
+    srv->swap_deadline = uv_now(srv->loop) + SWAP_MAX_MS;
+    uv_timer_start(t, swap_check, SWAP_POLL_MS, SWAP_POLL_MS);
+}
+
 void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
 {
+    /* a swap still waiting from the reload before ends now */
+    swap_finish(srv);
     size_t want = 0;
     for (size_t i = 0; i < cfg->nconnects; i++)
         want += cfg->connects[i].connections;
@@ -486,17 +546,30 @@ void gh__connectors_apply(gh_server_t *srv, const gh_config_t *cfg)
                 k++;
         }
     }
-    /* the ones a reload dropped finish what they carry, then go */
+    /* The ones a reload dropped finish what they carry, then go: once the
+     * new ones are up when there are new ones, at once otherwise. */
+    size_t nold = 0;
     for (size_t m = 0; m < srv->nconnectors; m++)
         if (srv->connectors[m])
-            retire(srv, srv->connectors[m]);
-    free(srv->connectors);
+            srv->connectors[nold++] = srv->connectors[m];
+    gh_connector_t **old = srv->connectors;
+    bool fresh = false;
+    for (size_t m = 0; m < k && !fresh; m++)
+        fresh = !gh_connector_up(next[m]);
     srv->connectors = next;
     srv->nconnectors = k;
+    if (nold && fresh) {
+        swap_start(srv, old, nold);
+        return;
+    }
+    for (size_t m = 0; m < nold; m++)
+        retire(srv, old[m]);
+    free(old);
 }
 
 void gh__connectors_stop(gh_server_t *srv)
 {
+    swap_finish(srv);
     for (size_t m = 0; m < srv->nconnectors; m++)
         retire(srv, srv->connectors[m]);
     free(srv->connectors);

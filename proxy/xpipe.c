@@ -273,6 +273,7 @@ struct xend {
     /* the endpoint's thread only */
     bool attached;          /* counted in x->holds, on x->ends */
     bool reading, rx_done, delivering, shut;
+    int reset_err;          /* what the peer reads if this closes unshut (0: reset) */
     xend_t *att_prev, *att_next;
     xwrec_t *wq;            /* writes whose callback has not run, a ring */
     size_t wq_head, wq_n, wq_cap;
@@ -719,7 +720,7 @@ static void end_gone(gh_xpipe_t *p, xend_t *e)
     xdir_t *out = &p->d[e->idx], *in = &p->d[!e->idx];
     e->rd_on = false;
     if (!out->fin && !out->rerr)
-        out->rerr = UV_ECONNRESET;
+        out->rerr = e->reset_err ? e->reset_err : UV_ECONNRESET;
     if (!in->werr)
         in->werr = UV_EPIPE;
     discard(in);
@@ -742,6 +743,11 @@ static void xp_close(gh_stream_t *s)
     unlock(p);
 }
 
+static void xp_set_reset(gh_stream_t *s, int err)
+{
+    ((xend_t *)s)->reset_err = err;
+}
+
 static size_t xp_wqs(const gh_stream_t *s)
 {
     const xend_t *e = (const xend_t *)s;
@@ -759,6 +765,7 @@ static const gh_stream_ops_t xp_ops = {
     .shutdown = xp_shutdown,
     .close = xp_close,
     .write_queue_size = xp_wqs,
+    .set_reset = xp_set_reset,
 };
 
 static bool xloop_closed(gh_xloop_t *x)

@@ -71,7 +71,8 @@ int gh_xloop_post(gh_xloop_t *x, void (*fn)(void *arg), void *arg);
  *  - close: on_close runs once, from the loop, after every write callback
  *    still pending, which complete with UV_ECANCELED. Unless the endpoint had
  *    shut down, the peer reads UV_ECONNRESET (what it had not read yet is
- *    dropped), as after a TCP reset.
+ *    dropped), as after a TCP reset; or the error given by set_reset, which
+ *    lets a refusal (UV_ECONNREFUSED) pass through as a refusal.
  * The pipe is freed once both endpoints are closed. */
 int gh_xpipe_new(gh_xloop_t *xa, gh_xloop_t *xb, gh_stream_t **a, gh_stream_t **b);
 

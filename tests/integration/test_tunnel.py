@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -433,6 +435,12 @@ def test_unknown_service_is_an_error_not_a_hang(tun):
     assert r.status == 502, r
     assert took < 2.0, f"a stream to an unknown service took {took:.2f}s to fail"
     assert matching(tun.conn, r"unknown service 'nosuchservice'"), tun.conn.stderr()[-2000:]
+    # A refused stream processed nothing, so the edge sends it again on a
+    # connection of the tunnel, a bounded number of times (3), then gives up.
+    rid = r.header("x-request-id")
+    tries = rf"request {rid}: tunnel {TUNNEL} refused the stream; trying again"
+    assert wait_count(tun.edge, tries, 3, 5) is not None and count(tun.edge, tries) == 3, \
+        tun.edge.stderr()[-2000:]
     r = request(tun.port, target="/echo")
     assert r.status == 200, r
 
@@ -475,6 +483,55 @@ def test_connector_killed_mid_stream(tun):
     assert r.status == 200 and r.complete, r
     assert count(tun.edge, ATTACHED) == 2 * tun.connections
     assert new.alive()
+
+
+def test_connector_reload_replaces_its_connections_without_failing_a_request(tun, aio):
+    # Each reload changes the connector's services, so it replaces both its
+    # connections. The old ones serve until the new ones are up, and a stream
+    # the edge opens as an old one goes away is refused by the connector and
+    # sent again on a new one: no request may fail.
+    statuses, stop, lock = [], threading.Event(), threading.Lock()
+
+    def load():
+        for _ in range(20000):
+            if stop.is_set():
+                return
+            try:
+                got = request(tun.port, target="/echo", host="app.test", timeout=10).status
+            except OSError as e:
+                got = repr(e)
+            with lock:
+                statuses.append(got)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(6):
+            services = dict(tun.services)
+            if i % 2 == 0:
+                services["extra"] = aio.url
+            base = count(tun.conn, UP)
+            cfg = connector_config(tun.edge.url, tun.token_file, services, tun.connections,
+                                   tun.heartbeat)
+            tun.conn.config_path.write_text(to_yaml(cfg))
+            tun.conn.signal(signal.SIGHUP)
+            assert wait_count(tun.conn, UP, base + tun.connections, 15) is not None, \
+                tun.conn.stderr()[-3000:]
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    bad = [s for s in statuses if s != 200]
+    assert len(statuses) > 100 and not bad, \
+        f"{len(bad)} of {len(statuses)} requests failed, e.g. {bad[:5]}\n" \
+        + tun.edge.stderr()[-2000:]
+    # the replaced connections drained and went
+    drained = rf"tunnel {TUNNEL}: connection \d+ drained"
+    assert wait_count(tun.conn, drained, 6 * tun.connections, 15) is not None, \
+        tun.conn.stderr()[-3000:]
 
 
 def test_edge_restart_connector_comes_back(tun):
