@@ -233,6 +233,21 @@ def test_tls12_and_13_work(sni_gh, pki, flag, version):
     assert r.status == 200, r
 
 
+@pytest.mark.parametrize("flag", ["-tls1_2", "-tls1_3"])
+def test_session_resumes_from_its_one_ticket(sni_gh, pki, tmp_path, flag):
+    # A full handshake issues one ticket (a resumed TLS 1.3 client gets a
+    # fresh one each time, so one is all a client needs), and it resumes.
+    sess = tmp_path / "session.pem"
+    req = build_request("GET", "/x", "chat.example.test", headers=[("Connection", "close")])
+    rc, out = s_client(sni_gh.port, flag, "-ign_eof", "-sess_out", str(sess),
+                       servername="chat.example.test", stdin=req)
+    assert handshake_ok(out) and re.search(r"^New, ", out, re.M), out[-3000:]
+    if flag == "-tls1_3":
+        assert out.count("Post-Handshake New Session Ticket arrived") == 1, out[-3000:]
+    rc, out = s_client(sni_gh.port, flag, "-sess_in", str(sess), servername="chat.example.test")
+    assert re.search(r"^Reused, ", out, re.M), out[-3000:]
+
+
 def test_min_version_13_refuses_12(gatehouse, pki):
     gh = start_tls(gatehouse, [pki.chat], [{"host": "*", "respond": {"status": 200, "body": "ok"}}],
                    min_version="1.3")
