@@ -156,6 +156,21 @@ static int encrypt_send(gh__tls_stream_t *t, gh_write_req_t *req, const uv_buf_t
      * otherwise. */
     (void)out_reserve(t, total + (total / RECORD_PLAIN + 1) * RECORD_OVERHEAD);
     ERR_clear_error();
+    /* Pieces that fit one record together go as one record: a response head
+     * and a small body would otherwise each cost a record, and OpenSSL's
+     * fixed cost per record is most of the price of a small one. */
+    static _Thread_local char gather[RECORD_PLAIN];
+    uv_buf_t one;
+    if (nbufs > 1 && total <= sizeof gather) {
+        size_t off = 0;
+        for (unsigned i = 0; i < nbufs; i++) {
+            memcpy(gather + off, bufs[i].base, bufs[i].len);
+            off += bufs[i].len;
+        }
+        one = uv_buf_init(gather, (unsigned)total);
+        bufs = &one;
+        nbufs = 1;
+    }
     for (unsigned i = 0; i < nbufs; i++) {
         const char *p = bufs[i].base;
         size_t left = bufs[i].len;
