@@ -683,6 +683,7 @@ static void worker_end(gh_server_t *srv)
     gh__accesslog_flush();
     gh__tunnels_free(srv);
     gh__buf_cache_clear();
+    gh_tls_thread_done();
 }
 
 static void worker_free(gh_server_t *srv)

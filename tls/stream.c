@@ -94,7 +94,7 @@ static void pump(gh__tls_stream_t *t)
 {
     while (!t->base.closing && !t->fatal) {
         if (!t->hs_done) {
-            ERR_clear_error();
+            gh__tls_clear_errors();
             int r = SSL_do_handshake(t->ssl);
             if (r == 1) {
                 t->hs_done = true;
@@ -119,7 +119,7 @@ static void pump(gh__tls_stream_t *t)
             size_t n = 0;
             if (t->inlen == 0)
                 break;
-            ERR_clear_error();
+            gh__tls_clear_errors();
             if (SSL_peek_ex(t->ssl, &probe, 1, &n) != 1) {
                 read_failed(t, SSL_get_error(t->ssl, 0));
                 break;
@@ -132,7 +132,7 @@ static void pump(gh__tls_stream_t *t)
             break;
         }
         size_t got = 0;
-        ERR_clear_error();
+        gh__tls_clear_errors();
         if (SSL_read_ex(t->ssl, b.base, b.len, &got) != 1) {
             /* cannot happen with data pending; hand the buffer back */
             t->base.on_read(&t->base, 0, &b);

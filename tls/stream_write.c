@@ -22,13 +22,43 @@
 
 /* ---- the BIO ---- */
 
+/* Chunks of the first size are kept for reuse, a few per thread: most
+ * writes (a response head, an SSE event, a small body) fit one, and a
+ * malloc and free each time would be a good part of their cost. */
+#define CHUNK_FIRST 4096
+#define CHUNK_CACHE 16
+
+static _Thread_local gh__tls_out_t *chunk_cache[CHUNK_CACHE];
+static _Thread_local unsigned chunk_cached;
+
+static void chunk_free(gh__tls_out_t *o)
+{
+    if (o && o->cap == CHUNK_FIRST && chunk_cached < CHUNK_CACHE)
+        chunk_cache[chunk_cached++] = o;
+    else
+        free(o);
+}
+
+void gh_tls_thread_done(void)
+{
+    while (chunk_cached)
+        free(chunk_cache[--chunk_cached]);
+}
+
 static int out_reserve(gh__tls_stream_t *t, size_t more)
 {
     gh__tls_out_t *o = t->out;
     size_t used = o ? o->len : 0;
     if (o && o->cap - used >= more)
         return 0;
-    size_t cap = o ? o->cap * 2 : 4096;
+    if (!o && more <= CHUNK_FIRST && chunk_cached) {
+        o = chunk_cache[--chunk_cached];
+        o->len = 0;
+        o->user = NULL;
+        t->out = o;
+        return 0;
+    }
+    size_t cap = o ? o->cap * 2 : CHUNK_FIRST;
     while (cap < used + more)
         cap *= 2;
     gh__tls_out_t *n = realloc(o, sizeof(*n) + cap);
@@ -120,7 +150,7 @@ static void chunk_written(gh_write_req_t *wr, int status)
 {
     gh__tls_out_t *o = (gh__tls_out_t *)wr;
     gh_write_req_t *user = o->user;
-    free(o);
+    chunk_free(o);
     if (user)
         user->cb(user, status);
 }
@@ -142,7 +172,7 @@ int gh__tls_flush(gh__tls_stream_t *t, gh_write_req_t *user)
     b.len = o->len;
     int rc = gh_stream_write(&t->tcp->base, &o->wr, &b, 1, chunk_written);
     if (rc < 0)
-        free(o);
+        chunk_free(o);
     return rc;
 }
 
@@ -155,7 +185,7 @@ static int encrypt_send(gh__tls_stream_t *t, gh_write_req_t *req, const uv_buf_t
     /* One allocation for the whole write when we can; bio_write grows it
      * otherwise. */
     (void)out_reserve(t, total + (total / RECORD_PLAIN + 1) * RECORD_OVERHEAD);
-    ERR_clear_error();
+    gh__tls_clear_errors();
     /* Pieces that fit one record together go as one record: a response head
      * and a small body would otherwise each cost a record, and OpenSSL's
      * fixed cost per record is most of the price of a small one. */
@@ -180,7 +210,7 @@ static int encrypt_send(gh__tls_stream_t *t, gh_write_req_t *req, const uv_buf_t
                 char why[256];
                 gh__tls_set_error(t, "write failed: %s",
                                   gh__tls_errstr(why, sizeof(why), "error"));
-                free(t->out);
+                chunk_free(t->out);
                 t->out = NULL;
                 t->fatal = UV_EPROTO;
                 return UV_EPROTO;

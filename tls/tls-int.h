@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include "tls/tls.h"
@@ -82,6 +83,16 @@ long gh__tls_cert_names(X509 *cert, char ***out);
 /* Formats the first error on OpenSSL's queue of this thread ("no start line")
  * into buf and clears the queue; fallback when the queue is empty. */
 const char *gh__tls_errstr(char *buf, size_t len, const char *fallback);
+
+/* Empties this thread's OpenSSL error queue, as SSL_get_error needs before
+ * each I/O call. ERR_clear_error walks every slot of the queue even when it
+ * is empty (a few hundred instructions, several times a request), so it
+ * runs only when there is something to clear. */
+static inline void gh__tls_clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
 
 /* The SSL of a TLS stream, for tests and diagnostics. */
 SSL *gh__tls_stream_ssl(const gh_stream_t *s);

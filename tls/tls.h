@@ -92,4 +92,8 @@ void gh_tls_stats(gh_tls_stats_t *out);
  * counters are atomic: any thread may update and read them. */
 void gh_tls_client_stats(gh_tls_stats_t *out);
 
+/* Frees the write chunks this thread keeps for reuse; each thread that ran
+ * TLS streams calls it once its loop is done. */
+void gh_tls_thread_done(void);
+
 #endif
