@@ -209,6 +209,14 @@ void gh_metrics_request(const gh_req_t *r)
     pthread_mutex_unlock(&m->mu);
 }
 
+static void stats_add(gh_route_stats_t *to, const gh_route_stats_t *from)
+{
+    to->requests += from->requests;
+    to->errors += from->errors;
+    to->client_errors += from->client_errors;
+    to->limited += from->limited;
+}
+
 void gh_metrics_route_stats(const char *name, gh_route_stats_t *out)
 {
     const char *n = name ? name : "";
@@ -219,10 +227,7 @@ void gh_metrics_route_stats(const char *name, gh_route_stats_t *out)
         pthread_mutex_lock(&m->mu);
         const route_entry_t *e = route_lookup(m, n, h);
         if (e) {
-            out->requests += e->st.requests;
-            out->errors += e->st.errors;
-            out->client_errors += e->st.client_errors;
-            out->limited += e->st.limited;
+            stats_add(out, &e->st);
         }
         pthread_mutex_unlock(&m->mu);
     }
@@ -240,10 +245,7 @@ void gh_metrics_totals(gh_route_stats_t *out, uint64_t *bytes_in, uint64_t *byte
             const route_entry_t *e = m->slots[i];
             if (!e)
                 continue;
-            out->requests += e->st.requests;
-            out->errors += e->st.errors;
-            out->client_errors += e->st.client_errors;
-            out->limited += e->st.limited;
+            stats_add(out, &e->st);
         }
         *bytes_in += m->bytes_in;
         *bytes_out += m->bytes_out;
@@ -310,10 +312,7 @@ static bool copy_add(copy_t *sum, const copy_t *src)
         route_entry_t *e = route_get(sum, s->name);
         if (!e)
             return false;
-        e->st.requests += s->st.requests;
-        e->st.errors += s->st.errors;
-        e->st.client_errors += s->st.client_errors;
-        e->st.limited += s->st.limited;
+        stats_add(&e->st, &s->st);
         for (size_t j = 0; j < s->ncodes; j++)
             if (!count_code(e, s->codes[j].code, s->codes[j].n))
                 return false;
