@@ -151,7 +151,12 @@ void gh__accesslog_write(gh_req_t *r)
     clock_gettime(CLOCK_MONOTONIC, &mono);
     uint64_t now_ns = (uint64_t)mono.tv_sec * 1000000000u + (uint64_t)mono.tv_nsec;
     double dur_ms = r->start_ns ? (double)(now_ns - r->start_ns) / 1e6 : 0.0;
-    const char *client = r->client_ip[0] ? r->client_ip : r->conn->peer_ip;
+    char peer[48];
+    const char *client = r->client_ip;
+    if (!client[0]) {
+        gh__conn_peer_text(r->conn, peer);
+        client = peer;
+    }
     const char *route = r->route ? r->route->name : NULL;
     const char *upstream = r->upstream_addr;
     int status = r->status ? r->status : 499;

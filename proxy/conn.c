@@ -43,24 +43,15 @@ static void conn_buf_free(gh_conn_t *c)
     c->buf = NULL;
 }
 
-static void conn_handle_closed(gh_conn_t *c)
+static void conn_stream_closed(gh_stream_t *s)
 {
-    if (--c->open_handles > 0)
-        return;
+    gh_conn_t *c = s->data;
     gh__server_conn_closed(c->server, c);
     conn_buf_free(c);
     free(c);
 }
 
-static void conn_stream_closed(gh_stream_t *s)
-{
-    conn_handle_closed(s->data);
-}
-
-static void conn_timer_closed(uv_handle_t *h)
-{
-    conn_handle_closed(h->data);
-}
+static void deadline_remove(gh_conn_t *c);
 
 static void req_free(gh_req_t *r)
 {
@@ -103,8 +94,7 @@ gh_stream_t *gh__conn_detach(gh_conn_t *c)
         gh_stream_read_stop(c->stream);
         c->reading = false;
     }
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+    deadline_remove(c);
     return c->stream;
 }
 
@@ -136,8 +126,7 @@ void gh__conn_abort(gh_conn_t *c)
         req_free(c->req);
         c->req = NULL;
     }
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+    deadline_remove(c);
     gh_stream_close(c->stream);
 }
 
@@ -166,11 +155,6 @@ static void linger_alloc(gh_stream_t *s, size_t suggested, uv_buf_t *buf)
     buf->len = c->cap;
 }
 
-static void linger_timeout(uv_timer_t *t)
-{
-    gh__conn_abort(t->data);
-}
-
 static void conn_linger(gh_conn_t *c)
 {
     if (c->peer_eof || !c->buf) {
@@ -182,38 +166,165 @@ static void conn_linger(gh_conn_t *c)
     gh_stream_shutdown(c->stream);
     if (!c->reading && gh_stream_read_start(c->stream) == 0)
         c->reading = true;
-    c->deadline = GH_T_NONE;
-    c->timer_armed = false;
-    uv_timer_start(&c->timer, linger_timeout, LINGER_MS, 0);
+    gh__conn_set_deadline(c, GH_T_LINGER);
     /* state stays GH_C_REQUEST with no request: neither idle nor closing */
     c->state = GH_C_REQUEST;
 }
 
-/* ---- timers ---- */
+/* ---- timers ----
+ *
+ * A worker keeps one libuv timer for all its connections and a binary
+ * min-heap of the connections by the time their entry falls due (a
+ * uv_timer_t in each connection would be 152 of its bytes). The timer is
+ * set for the heap's earliest entry; when it fires, every entry due is
+ * taken out and looked at. Deadlines are lazy: moving one later leaves the
+ * entry where it is, and when it falls due early it goes back in for the
+ * real deadline. A request moves through several deadlines and most of
+ * them only ever move later, so most requests touch the heap once. */
 
-static void conn_timeout(uv_timer_t *t);
+static void conn_timeout(gh_conn_t *c, uint64_t now);
+
+static inline void heap_set(gh_server_t *srv, uint32_t i, gh_conn_t *c)
+{
+    srv->dheap[i] = c;
+    c->heap_idx = i + 1;
+}
+
+static void heap_up(gh_server_t *srv, uint32_t i)
+{
+    gh_conn_t *c = srv->dheap[i];
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        gh_conn_t *p = srv->dheap[parent];
+        if (p->timer_at <= c->timer_at)
+            break;
+        heap_set(srv, i, p);
+        i = parent;
+    }
+    heap_set(srv, i, c);
+}
+
+static void heap_down(gh_server_t *srv, uint32_t i)
+{
+    gh_conn_t *c = srv->dheap[i];
+    uint32_t n = srv->dheap_n;
+    for (;;) {
+        uint32_t k = 2 * i + 1;
+        if (k >= n)
+            break;
+        if (k + 1 < n && srv->dheap[k + 1]->timer_at < srv->dheap[k]->timer_at)
+            k++;
+        if (c->timer_at <= srv->dheap[k]->timer_at)
+            break;
+        heap_set(srv, i, srv->dheap[k]);
+        i = k;
+    }
+    heap_set(srv, i, c);
+}
+
+static void deadline_timer_fire(uv_timer_t *t);
+
+/* Sets the worker's timer no later than the earliest entry. When that entry
+ * goes, the timer is left where it is: firing early costs one look. */
+static void deadline_timer_update(gh_server_t *srv, uint64_t now)
+{
+    if (srv->dheap_n == 0)
+        return;
+    uint64_t at = srv->dheap[0]->timer_at;
+    if (srv->deadline_timer_on && srv->deadline_timer_at <= at)
+        return;
+    srv->deadline_timer_on = true;
+    srv->deadline_timer_at = at;
+    uv_timer_start(&srv->deadline_timer, deadline_timer_fire, at > now ? at - now : 1, 0);
+}
+
+static void deadline_remove(gh_conn_t *c)
+{
+    if (c->heap_idx == 0)
+        return;
+    gh_server_t *srv = c->server;
+    uint32_t i = c->heap_idx - 1;
+    c->heap_idx = 0;
+    gh_conn_t *last = srv->dheap[--srv->dheap_n];
+    if (last == c)
+        return;
+    heap_set(srv, i, last);
+    if (i > 0 && srv->dheap[(i - 1) / 2]->timer_at > last->timer_at)
+        heap_up(srv, i);
+    else
+        heap_down(srv, i);
+}
 
 static void arm(gh_conn_t *c, uint64_t at, uint64_t now)
 {
+    gh_server_t *srv = c->server;
+    bool earlier = c->heap_idx && at < c->timer_at;
     c->timer_at = at;
-    c->timer_armed = true;
-    uv_timer_start(&c->timer, conn_timeout, at > now ? at - now : 1, 0);
+    if (c->heap_idx == 0) {
+        /* room for every connection was made at accept */
+        heap_set(srv, srv->dheap_n++, c);
+        heap_up(srv, c->heap_idx - 1);
+    } else if (earlier) {
+        heap_up(srv, c->heap_idx - 1);
+    } else {
+        heap_down(srv, c->heap_idx - 1);
+    }
+    if (c->heap_idx == 1)
+        deadline_timer_update(srv, now);
 }
 
-/* Deadlines are lazy: moving one later leaves the timer where it is, and
- * when it fires early it is set again for the real deadline. A request moves
- * through several deadlines and most of them only ever move later. */
-static void conn_timeout(uv_timer_t *t)
+static void deadline_timer_fire(uv_timer_t *t)
 {
-    gh_conn_t *c = t->data;
+    gh_server_t *srv = t->data;
+    uint64_t now = uv_now(srv->loop);
+    srv->deadline_timer_on = false;
+    /* every entry looked at leaves the heap or goes back in later than now,
+     * so this ends after at most dheap_n turns */
+    while (srv->dheap_n > 0 && srv->dheap[0]->timer_at <= now) {
+        gh_conn_t *c = srv->dheap[0];
+        deadline_remove(c);
+        conn_timeout(c, now);
+    }
+    deadline_timer_update(srv, now);
+}
+
+/* Room in the heap for one more connection (called at accept, so that
+ * setting a deadline never fails). */
+static bool deadline_reserve(gh_server_t *srv)
+{
+    if (srv->dheap_n < srv->dheap_cap)
+        return true;
+    uint32_t cap = srv->dheap_cap ? srv->dheap_cap * 2 : 256;
+    gh_conn_t **h = realloc(srv->dheap, cap * sizeof *h);
+    if (!h)
+        return false;
+    srv->dheap = h;
+    srv->dheap_cap = cap;
+    return true;
+}
+
+void gh__deadlines_init(gh_server_t *srv)
+{
+    uv_timer_init(srv->loop, &srv->deadline_timer);
+    srv->deadline_timer.data = srv;
+}
+
+void gh__deadlines_close(gh_server_t *srv)
+{
+    uv_close((uv_handle_t *)&srv->deadline_timer, NULL);
+    free(srv->dheap);
+    srv->dheap = NULL;
+    srv->dheap_n = srv->dheap_cap = 0;
+}
+
+static void conn_timeout(gh_conn_t *c, uint64_t now)
+{
     gh_config_t *cfg = conn_cfg(c);
-    c->timer_armed = false;
-    uint64_t now = uv_now(c->server->loop);
     if (c->deadline != GH_T_NONE && c->deadline != GH_T_STREAM && now < c->deadline_at) {
         arm(c, c->deadline_at, now);
         return;
     }
-    switch (c->deadline) {
+    switch ((enum gh_deadline)c->deadline) {
     case GH_T_HEADER:
         if (c->req == NULL && c->len > c->off && c->state == GH_C_HEAD) {
             /* a head was started but not finished in time */
@@ -236,6 +347,7 @@ static void conn_timeout(uv_timer_t *t)
         gh__conn_abort(c);
         return;
     case GH_T_IDLE:
+    case GH_T_LINGER:
         gh__conn_abort(c);
         return;
     case GH_T_STREAM: {
@@ -278,10 +390,11 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d)
         ms = cfg->timeouts.stream_idle_ms;
         c->last_io = uv_now(c->server->loop);
         break;
+    case GH_T_LINGER: ms = LINGER_MS; break;
     }
     uint64_t now = uv_now(c->server->loop);
     c->deadline_at = now + (ms ? ms : 1);
-    if (!c->timer_armed || c->deadline_at < c->timer_at)
+    if (c->heap_idx == 0 || c->deadline_at < c->timer_at)
         arm(c, c->deadline_at, now);
 }
 
@@ -353,13 +466,13 @@ static void ip4_text(const struct in_addr *a, char *out)
     }
 }
 
-static void set_peer_ip(gh_conn_t *c)
+void gh__conn_peer_text(const gh_conn_t *c, char out[48])
 {
-    c->peer_ip[0] = '\0';
-    if (c->peer.ss_family == AF_INET)
-        ip4_text(&((struct sockaddr_in *)&c->peer)->sin_addr, c->peer_ip);
-    else if (c->peer.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
+    out[0] = '\0';
+    if (c->peer.sa.sa_family == AF_INET)
+        ip4_text(&c->peer.in.sin_addr, out);
+    else if (c->peer.sa.sa_family == AF_INET6)
+        uv_ip6_name(&c->peer.in6, out, 48);
 }
 
 /* A listener behind a TCP load balancer: the connection must start with a
@@ -371,14 +484,15 @@ static void process_proxy_header(gh_conn_t *c)
     if (rc == 0 && c->len - c->off < GH_PROXYPROTO_V2_MAX)
         return;
     if (rc <= 0) {
-        gh_log_info("connection from %s did not start with a PROXY protocol header", c->peer_ip);
+        char ip[48];
+        gh__conn_peer_text(c, ip);
+        gh_log_info("connection from %s did not start with a PROXY protocol header", ip);
         gh__conn_abort(c);
         return;
     }
     c->off += (size_t)rc;
     if (pp.kind == GH_PROXYPROTO_PROXY) {
-        memcpy(&c->peer, &pp.src, sizeof pp.src);
-        set_peer_ip(c);
+        memcpy(&c->peer, &pp.src, pp.src.ss_family == AF_INET6 ? sizeof c->peer.in6 : sizeof c->peer.in);
     }
     c->state = GH_C_HEAD;
     if (c->tls) {
@@ -480,11 +594,12 @@ void gh__conn_request_done(gh_conn_t *c)
 void gh__conn_accept(gh_listener_t *l)
 {
     gh_server_t *srv = l->server;
+    if (!deadline_reserve(srv))
+        return;
     gh_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return;
     c->server = srv;
-    c->listener = l;
     c->redirect_https = l->redirect_https;
     c->admin = l->admin;
     c->tls = l->tls;
@@ -495,9 +610,6 @@ void gh__conn_accept(gh_listener_t *l)
     c->stream->on_alloc = conn_alloc;
     c->stream->on_read = conn_read;
     c->stream->on_close = conn_stream_closed;
-    uv_timer_init(srv->loop, &c->timer);
-    c->timer.data = c;
-    c->open_handles = 2;
 
     /* linked before any path can close it; the close path unlinks */
     c->next = srv->conns;
@@ -512,8 +624,7 @@ void gh__conn_accept(gh_listener_t *l)
         return;
     }
     int plen = sizeof c->peer;
-    uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&c->peer, &plen);
-    set_peer_ip(c);
+    uv_tcp_getpeername(&c->s.tcp, &c->peer.sa, &plen);
     /* TCP_NODELAY comes from the listening socket (proxy/server.c) */
     bool proxy_first = l->conf && l->conf->proxy_protocol;
     if (c->tls && !proxy_first) {
@@ -528,7 +639,6 @@ void gh__conn_accept(gh_listener_t *l)
     }
     if (l->conf && l->conf->proxy_protocol)
         c->state = GH_C_PROXY;
-    c->listener = NULL; /* not to be read after accept */
 
     if (srv->stopping || open_now > srv->snap->cfg->limits.max_connections) {
         gh__conn_abort(c);

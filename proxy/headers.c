@@ -210,24 +210,22 @@ static bool hop_by_hop(const gh_h1_header_t *h)
     }
 }
 
-static int parse_ip(const char *ip, struct sockaddr_storage *ss)
+static int parse_ip(const char *ip, gh_sockaddr_t *ss)
 {
     memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if (uv_inet_pton(AF_INET, ip, &s4->sin_addr) == 0) {
-        ss->ss_family = AF_INET;
+    if (uv_inet_pton(AF_INET, ip, &ss->in.sin_addr) == 0) {
+        ss->sa.sa_family = AF_INET;
         return 0;
     }
-    if (uv_inet_pton(AF_INET6, ip, &s6->sin6_addr) == 0) {
-        ss->ss_family = AF_INET6;
+    if (uv_inet_pton(AF_INET6, ip, &ss->in6.sin6_addr) == 0) {
+        ss->sa.sa_family = AF_INET6;
         return 0;
     }
     return -1;
 }
 
 /* Takes a trimmed address out of a header value into ip; -1 if it is not one. */
-static int take_ip(const char *s, size_t n, char ip[48], struct sockaddr_storage *ss)
+static int take_ip(const char *s, size_t n, char ip[48], gh_sockaddr_t *ss)
 {
     while (n && (*s == ' ' || *s == '\t'))
         s++, n--;
@@ -249,13 +247,13 @@ void gh__real_client(gh_req_t *r)
     gh_conn_t *c = r->conn;
     const gh_config_t *cfg = r->snap->cfg;
     const gh_h1_head_t *h = &r->head;
-    _Static_assert(sizeof r->client_ip == sizeof c->peer_ip, "client_ip and peer_ip differ");
-    memcpy(r->client_ip, c->peer_ip, sizeof r->client_ip);  /* NUL-terminated; no printf per request */
-    memcpy(&r->client_addr, &c->peer, sizeof c->peer);
-    if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, (struct sockaddr *)&c->peer))
+    gh__conn_peer_text(c, r->peer_ip);
+    memcpy(r->client_ip, r->peer_ip, sizeof r->client_ip);  /* NUL-terminated; no printf per request */
+    r->client_addr = c->peer;
+    if (!gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies, &c->peer.sa))
         return;
     char ip[48];
-    struct sockaddr_storage ss;
+    gh_sockaddr_t ss;
     const gh_h1_header_t *xff = NULL;
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
@@ -289,7 +287,7 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     const gh_h1_head_t *h = &r->head;
     const gh_config_t *cfg = r->snap->cfg;
     bool trusted = gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies,
-                                     (struct sockaddr *)&r->conn->peer);
+                                     &r->conn->peer.sa);
     const gh_h1_header_t *xfp = NULL, *host = NULL, *upg = NULL;
     size_t total = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
@@ -351,7 +349,7 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
             }
         }
     }
-    ob_str(&o, r->conn->peer_ip);
+    ob_str(&o, r->peer_ip);
     OB_LIT(&o, "\r\n");
 
     OB_LIT(&o, "X-Real-IP: ");

@@ -117,6 +117,7 @@ enum gh_deadline {
     GH_T_CONNECT,
     GH_T_FIRST_BYTE,
     GH_T_STREAM,
+    GH_T_LINGER,            /* closing: the client's last bytes are drained */
 };
 
 struct gh_listener {
@@ -131,32 +132,39 @@ struct gh_listener {
     char own_address[64];
 };
 
+/* A peer address, IPv4 or IPv6, in the space it needs. */
+typedef union gh_sockaddr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+} gh_sockaddr_t;
+
+/* A client connection. An idle keep-alive connection is this struct and
+ * nothing else (its read buffer goes back while it waits), so it is kept
+ * small: no timer of its own (deadlines live in the worker's heap, see
+ * proxy/conn.c), no write request (taken per write), the peer address in
+ * the 28 bytes an IPv6 address needs. */
 struct gh_conn {
     gh_tcp_stream_t s;
     gh_stream_t *stream;    /* &s.base, or a TLS stream over it */
     gh_server_t *server;
-    gh_listener_t *listener;    /* may be freed by a reload: use the copies below */
+    unsigned char state;    /* enum gh_conn_state */
+    unsigned char deadline; /* enum gh_deadline: what timer_at is for */
     bool redirect_https;
     bool admin, tls;            /* copied from the listener at accept */
-    enum gh_conn_state state;
-    uv_timer_t timer;
-    enum gh_deadline deadline;
-    uint64_t deadline_at;   /* uv_now() ms when the current deadline expires */
-    uint64_t timer_at;      /* when the uv timer is set to fire */
-    bool timer_armed;
-    uint64_t last_io;       /* uv_now() of the last byte either way, for stream_idle */
-    int open_handles;
-    struct sockaddr_storage peer;
-    char peer_ip[48];
-    char *buf;              /* read buffer, GH_BUF_SIZE or more */
-    size_t cap, off, len;   /* unconsumed bytes are buf[off..len) */
-    gh_req_t *req;
-    gh_write_req_t wreq;    /* response bytes */
-    unsigned nrequests;
     bool reading;
     bool peer_eof;          /* client half-closed */
-    gh_conn_t *prev, *next; /* server->conns */
+    uint32_t heap_idx;      /* 1-based place in the deadline heap; 0: not there */
+    unsigned nrequests;
+    uint64_t deadline_at;   /* uv_now() ms when the current deadline expires */
+    uint64_t timer_at;      /* when its heap entry falls due */
+    uint64_t last_io;       /* uv_now() of the last byte either way, for stream_idle */
+    char *buf;              /* read buffer, GH_BUF_SIZE or more */
+    uint32_t cap, off, len; /* unconsumed bytes are buf[off..len) */
+    gh_sockaddr_t peer;
+    gh_req_t *req;
     struct gh_tsession *tsess;  /* GH_C_TUNNEL */
+    gh_conn_t *prev, *next; /* server->conns */
 };
 
 enum gh_req_phase {
@@ -178,7 +186,8 @@ struct gh_req {
     uint64_t start_ns;
     char request_id[48];
     char client_ip[48];     /* real client: trusted proxies applied */
-    struct sockaddr_storage client_addr;
+    char peer_ip[48];       /* the connection's peer */
+    gh_sockaddr_t client_addr;
 
     /* copies for logs and redirects */
     char method[24];
@@ -273,6 +282,11 @@ struct gh_server {
     unsigned nconns;
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_timer_t shutdown_timer;
+    uv_timer_t deadline_timer;  /* fires for the earliest entry of the heap */
+    bool deadline_timer_on;
+    uint64_t deadline_timer_at;
+    gh_conn_t **dheap;      /* connections by timer_at, a binary min-heap */
+    uint32_t dheap_n, dheap_cap;
     uv_prepare_t flush;     /* flushes the access log once per loop turn */
     bool stopping;
     int exit_code;

@@ -372,6 +372,7 @@ static void finish_response(gh_req_t *r)
 static void client_written(gh_write_req_t *w, int status)
 {
     gh_conn_t *c = w->data;
+    gh__wreq_put(w);
     gh_req_t *r = c->req;
     if (!r || c->state == GH_C_CLOSING)
         return;
@@ -443,8 +444,15 @@ static bool flush_response(gh_req_t *r)
     r->client_writing = true;
     if (r->uc)
         gh_stream_read_stop(r->uc->stream);
-    c->wreq.data = c;
-    if (gh_stream_write(c->stream, &c->wreq, bufs, n, client_written) != 0) {
+    gh_write_req_t *w = gh__wreq_get();
+    if (!w) {
+        r->client_writing = false;
+        gh__conn_abort(c);
+        return true;
+    }
+    w->data = c;
+    if (gh_stream_write(c->stream, w, bufs, n, client_written) != 0) {
+        gh__wreq_put(w);
         r->client_writing = false;
         gh__conn_abort(c);
     }

@@ -39,6 +39,12 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d);
 /* Re-evaluates whether the client should be read now. */
 void gh__conn_update_read(gh_conn_t *c);
 void gh__conn_close_idle(gh_conn_t *c);
+/* The peer's address as text (at most 46 characters and a NUL). */
+void gh__conn_peer_text(const gh_conn_t *c, char out[48]);
+/* The worker's deadline heap (proxy/conn.c): made with the loop, closed
+ * at stop once no connection is left. */
+void gh__deadlines_init(gh_server_t *srv);
+void gh__deadlines_close(gh_server_t *srv);
 /* Ends HTTP on c (its request is logged and freed, its timer closed) and
  * returns its stream for a tunnel session; the read buffer stays until
  * gh__conn_detach_done. */
@@ -100,6 +106,9 @@ void gh__real_client(gh_req_t *r);
 /* bufcache.c: GH_BUF_SIZE buffers, reused */
 void *gh__buf_get(void);
 void gh__buf_put(void *b);
+/* A write request for one write to a client; given back by its callback. */
+gh_write_req_t *gh__wreq_get(void);
+void gh__wreq_put(gh_write_req_t *w);
 void gh__buf_cache_clear(void);
 
 /* accesslog.c */

@@ -74,6 +74,7 @@ static const char *status_error(int status)
 static void respond_written(gh_write_req_t *w, int status)
 {
     gh_conn_t *c = w->data;
+    gh__wreq_put(w);
     if (c->req)
         c->req->client_writing = false;
     if (status < 0) {
@@ -143,9 +144,13 @@ void gh__respond(gh_req_t *r, int status, const char *content_type, const char *
     r->rhead_len = len;
     r->bytes_out += len;
     r->client_writing = true;
-    c->wreq.data = c;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-    if (gh_stream_write(c->stream, &c->wreq, &b, 1, respond_written) != 0) {
+    gh_write_req_t *w = gh__wreq_get();
+    if (w)
+        w->data = c;
+    if (!w || gh_stream_write(c->stream, w, &b, 1, respond_written) != 0) {
+        if (w)
+            gh__wreq_put(w);
         r->client_writing = false;
         gh__conn_abort(c);
         return;

@@ -516,6 +516,7 @@ static void finish_stop(gh_server_t *srv)
     }
     uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&srv->flush, NULL);
+    gh__deadlines_close(srv);
     if (srv->snap) {
         gh__snapshot_release(srv->snap);
         srv->snap = NULL;
@@ -669,6 +670,7 @@ static gh_server_t *worker_new(unsigned k, const char *config_path)
     }
     uv_timer_init(srv->loop, &srv->shutdown_timer);
     srv->shutdown_timer.data = srv;
+    gh__deadlines_init(srv);
     uv_prepare_init(srv->loop, &srv->flush);
     uv_prepare_start(&srv->flush, on_prepare);
     /* referenced: it keeps a worker without listeners (a connector-only
@@ -727,6 +729,7 @@ static void start_failed(void)
         }
         uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
         uv_close((uv_handle_t *)&srv->flush, NULL);
+        gh__deadlines_close(srv);
         gh_xloop_close(srv->inbox);
         if (srv->snap)
             gh__snapshot_release(srv->snap);

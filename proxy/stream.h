@@ -83,10 +83,9 @@ static inline void gh_stream_close_err(gh_stream_t *s, int err)
 typedef struct gh_tcp_stream {
     gh_stream_t base;
     uv_tcp_t tcp;
-    uv_shutdown_t shutdown_req;
-    gh_connect_cb on_connect;   /* the uv_connect_t is allocated per connect */
     unsigned char rd;           /* GH_TCP_RD_* */
     unsigned queued;            /* uv_write requests not yet completed */
+    /* the connect and shutdown requests are allocated while they run */
 } gh_tcp_stream_t;
 
 enum { GH_TCP_RD_OFF, GH_TCP_RD_ON, GH_TCP_RD_PAUSED /* libuv still reads */ };

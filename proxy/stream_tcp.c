@@ -188,14 +188,20 @@ static int tcp_write(gh_stream_t *s, gh_write_req_t *req, const uv_buf_t *bufs,
 
 static void tcp_shutdown_done(uv_shutdown_t *r, int status)
 {
-    (void)r;
     (void)status;
+    free(r);
 }
 
 static int tcp_shutdown(gh_stream_t *s)
 {
     gh_tcp_stream_t *t = TCP_OF(s);
-    return uv_shutdown(&t->shutdown_req, (uv_stream_t *)&t->tcp, tcp_shutdown_done);
+    uv_shutdown_t *r = malloc(sizeof *r);
+    if (!r)
+        return UV_ENOMEM;
+    int rc = uv_shutdown(r, (uv_stream_t *)&t->tcp, tcp_shutdown_done);
+    if (rc != 0)
+        free(r);
+    return rc;
 }
 
 static void tcp_closed(uv_handle_t *h)
@@ -234,24 +240,31 @@ int gh_tcp_stream_init(gh_tcp_stream_t *s, uv_loop_t *loop)
     return uv_tcp_init(loop, &s->tcp);
 }
 
-static void tcp_connected(uv_connect_t *req, int status)
+typedef struct tcp_connect {
+    uv_connect_t uv;
+    gh_connect_cb cb;
+} tcp_connect_t;
+
+static void tcp_connected(uv_connect_t *uv, int status)
 {
-    gh_tcp_stream_t *t = req->data;
+    tcp_connect_t *req = (tcp_connect_t *)uv;
+    gh_tcp_stream_t *t = uv->data;
+    gh_connect_cb cb = req->cb;
     free(req);
-    t->on_connect(&t->base, status);
+    cb(&t->base, status);
 }
 
 /* The connect request lives only while connecting, so accepted streams
  * (most of them) do not carry one. */
 int gh_tcp_stream_connect(gh_tcp_stream_t *s, const struct sockaddr *addr, gh_connect_cb cb)
 {
-    uv_connect_t *req = malloc(sizeof *req);
+    tcp_connect_t *req = malloc(sizeof *req);
     if (!req)
         return UV_ENOMEM;
-    s->on_connect = cb;
-    req->data = s;
+    req->cb = cb;
+    req->uv.data = s;
     uv_tcp_nodelay(&s->tcp, 1);
-    int rc = uv_tcp_connect(req, &s->tcp, addr, tcp_connected);
+    int rc = uv_tcp_connect(&req->uv, &s->tcp, addr, tcp_connected);
     if (rc != 0)
         free(req);
     return rc;

@@ -249,8 +249,9 @@ void gh__tunnel_accept(gh_req_t *r)
     t->sess[t->n++] = s;
     t->attached++;
     held_add(t->name, srv->worker, +1);
-    gh_log_info("tunnel %s: connector attached from %s (%zu connection(s))", t->name,
-                c->peer_ip, t->n);
+    char ip[48];
+    gh__conn_peer_text(c, ip);
+    gh_log_info("tunnel %s: connector attached from %s (%zu connection(s))", t->name, ip, t->n);
 }
 
 static gh_stream_t *open_here(gh_server_t *srv, const char *tunnel, const char *service)

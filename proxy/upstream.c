@@ -121,11 +121,11 @@ static uint32_t hash_peer(const gh_conn_t *c)
 {
     const uint8_t *p;
     size_t n;
-    if (c->peer.ss_family == AF_INET6) {
-        p = (const uint8_t *)&((const struct sockaddr_in6 *)&c->peer)->sin6_addr;
+    if (c->peer.sa.sa_family == AF_INET6) {
+        p = (const uint8_t *)&c->peer.in6.sin6_addr;
         n = 16;
     } else {
-        p = (const uint8_t *)&((const struct sockaddr_in *)&c->peer)->sin_addr;
+        p = (const uint8_t *)&c->peer.in.sin_addr;
         n = 4;
     }
     uint32_t h = 2166136261u;
