@@ -125,19 +125,36 @@ static bool value_bad(const unsigned char *s, size_t n)
     return bad != 0 || (class_union(s + i, n - i) & VBAD);
 }
 
-/* s[0..n) equals the lower-case literal lc, ignoring ASCII case. */
+/* Where the field value starting at b[p] ends: the first VBAD byte of
+ * b[p..end), or end if there is none. For a valid line that byte is its
+ * CR; anything else there (a bare LF, a NUL, another control byte) is an
+ * error. One pass finds the line end and checks the value, eight bytes per
+ * step where eight are left; the lowest flagged byte of a little-endian
+ * word comes first in memory. */
+static size_t value_end(const unsigned char *b, size_t p, size_t end)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; p + 8 <= end; p += 8) {
+        uint64_t x;
+        memcpy(&x, b + p, 8);
+        uint64_t ctl = ~(((x & BYTES(0x7f)) + BYTES(0x60)) | x) & BYTES(0x80);
+        uint64_t bad = (ctl & ~zero_bytes(x ^ BYTES('\t'))) | zero_bytes(x ^ BYTES(0x7f));
+        if (bad)
+            return p + (size_t)(__builtin_ctzll(bad) >> 3);
+    }
+#endif
+    while (p < end && !(cls[b[p]] & VBAD))
+        p++;
+    return p;
+}
+
+/* s[0..n) equals the lower-case literal lc, ignoring ASCII case. Only ever
+ * called on bytes the scanner already checked (values and targets hold no
+ * control byte but HTAB), which is all gh_h1_token_is needs: no such byte
+ * maps onto a byte of a literal made of a-z, '-', ':' and '/'. */
 static bool lc_equal(const unsigned char *s, size_t n, const char *lc, size_t lc_len)
 {
-    if (n != lc_len)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c + 32);
-        if (c != (unsigned char)lc[i])
-            return false;
-    }
-    return true;
+    return n == lc_len && gh_h1_token_is((const char *)s, lc, n);
 }
 #define LC_EQUAL(s, n, lit) lc_equal((s), (n), lit, sizeof(lit) - 1)
 
@@ -417,48 +434,80 @@ static void connection(gh_h1_head_t *out, const unsigned char *v, size_t n)
             out->conn_keep_alive = true;
         else if (LC_EQUAL(v + s, e - s, "upgrade"))
             out->conn_upgrade = true;
+        else if (e > s)
+            out->conn_other = true;
         i++;
     }
 }
 
+/* Which of the names in enum gh_h1_name n[0..len) is, dispatched on the
+ * length so that most fields cost one switch and one compare. */
+static unsigned char name_id(const char *n, size_t len)
+{
+#define IS(lit) gh_h1_token_is(n, lit, sizeof(lit) - 1)
+    switch (len) {
+    case 2: return IS("te") ? GH_HN_TE : GH_HN_OTHER;
+    case 4: return IS("host") ? GH_HN_HOST : GH_HN_OTHER;
+    case 6: return IS("expect") ? GH_HN_EXPECT : GH_HN_OTHER;
+    case 7:
+        return IS("upgrade") ? GH_HN_UPGRADE
+               : IS("trailer") ? GH_HN_TRAILER
+               : IS("referer") ? GH_HN_REFERER
+                               : GH_HN_OTHER;
+    case 9: return IS("x-real-ip") ? GH_HN_X_REAL_IP : GH_HN_OTHER;
+    case 10:
+        return IS("connection") ? GH_HN_CONNECTION
+               : IS("user-agent") ? GH_HN_USER_AGENT
+               : IS("keep-alive") ? GH_HN_KEEP_ALIVE
+                                  : GH_HN_OTHER;
+    case 12: return IS("x-request-id") ? GH_HN_X_REQUEST_ID : GH_HN_OTHER;
+    case 14: return IS("content-length") ? GH_HN_CONTENT_LENGTH : GH_HN_OTHER;
+    case 15: return IS("x-forwarded-for") ? GH_HN_X_FORWARDED_FOR : GH_HN_OTHER;
+    case 16:
+        return IS("x-forwarded-host") ? GH_HN_X_FORWARDED_HOST
+               : IS("proxy-connection") ? GH_HN_PROXY_CONNECTION
+               : IS("cf-connecting-ip") ? GH_HN_CF_CONNECTING_IP
+                                        : GH_HN_OTHER;
+    case 17:
+        return IS("transfer-encoding") ? GH_HN_TRANSFER_ENCODING
+               : IS("x-forwarded-proto") ? GH_HN_X_FORWARDED_PROTO
+                                         : GH_HN_OTHER;
+    default: return GH_HN_OTHER;
+    }
+#undef IS
+}
+
 /* Look at one complete header line for the fields that frame or route the
- * message. Dispatch on length first so most fields cost one switch. */
+ * message. */
 static int field(gh_h1_head_t *out, scan_state_t *st, const gh_h1_header_t *h, size_t idx)
 {
     const unsigned char *v = (const unsigned char *)h->value;
 
-    switch (h->name_len) {
-    case 4:
-        if (GH_H1_NAME_IS(h, "host")) {
-            /* Two Hosts, or one that is not an authority, let the router
-             * and the upstream pick different virtual hosts (RFC 9112 3.2
-             * demands 400). A response's Host means nothing: only counted. */
-            if (++out->nhost == 1)
-                out->host_index = (int)idx;
-            if (st->response)
-                break;
-            if (out->nhost > 1 || !authority_ok(v, h->value_len, true, false))
-                return -400;
-        }
+    switch (h->id) {
+    case GH_HN_HOST:
+        /* Two Hosts, or one that is not an authority, let the router and
+         * the upstream pick different virtual hosts (RFC 9112 3.2 demands
+         * 400). A response's Host means nothing: only counted. */
+        if (++out->nhost == 1)
+            out->host_index = (int)idx;
+        if (st->response)
+            break;
+        if (out->nhost > 1 || !authority_ok(v, h->value_len, true, false))
+            return -400;
         break;
-    case 7:
+    case GH_HN_UPGRADE:
         /* An empty Upgrade offers nothing; llhttp 8.1.0 ignores it too, and
          * the proxy and llhttp must agree on whether a tunnel starts. */
-        if (GH_H1_NAME_IS(h, "upgrade") && h->value_len > 0)
+        if (h->value_len > 0)
             out->has_upgrade = true;
         break;
-    case 10:
-        if (GH_H1_NAME_IS(h, "connection"))
-            connection(out, v, h->value_len);
+    case GH_HN_CONNECTION:
+        connection(out, v, h->value_len);
         break;
-    case 14:
-        if (GH_H1_NAME_IS(h, "content-length"))
-            return content_length(out, v, h->value_len);
-        break;
-    case 17:
-        if (GH_H1_NAME_IS(h, "transfer-encoding"))
-            return transfer_encoding(st, v, h->value_len);
-        break;
+    case GH_HN_CONTENT_LENGTH:
+        return content_length(out, v, h->value_len);
+    case GH_HN_TRANSFER_ENCODING:
+        return transfer_encoding(st, v, h->value_len);
     default:
         break;
     }
@@ -494,6 +543,7 @@ static int scan(const char *buf, size_t len, size_t max, gh_h1_head_t *out, bool
     out->conn_close = false;
     out->conn_keep_alive = false;
     out->conn_upgrade = false;
+    out->conn_other = false;
     out->has_upgrade = false;
     out->host_index = -1;
     out->nhost = 0;
@@ -537,9 +587,10 @@ static int scan(const char *buf, size_t len, size_t max, gh_h1_head_t *out, bool
         /* field-value: the CR must be followed by LF, and nothing before
          * it may be a control byte: a bare LF or CR (CVE-2023-30589) or a
          * NUL is a line end or string end to some parser and not another. */
-        const unsigned char *cr = p < end ? memchr(b + p, '\r', end - p) : NULL;
-        size_t e = cr ? (size_t)(cr - b) : end;
-        if (value_bad(b + p, e - p))
+        size_t e = value_end(b, p, end);
+        if (e == end)
+            goto incomplete;
+        if (b[e] != '\r')
             return -400;
         if (e + 1 >= end)
             goto incomplete;
@@ -556,6 +607,7 @@ static int scan(const char *buf, size_t len, size_t max, gh_h1_head_t *out, bool
         h->name_len = (uint32_t)(ne - ns);
         h->value = buf + vs;
         h->value_len = (uint32_t)(ve - vs);
+        h->id = name_id(h->name, h->name_len);
         r = field(out, &st, h, out->nheaders);
         if (r < 0)
             return r;

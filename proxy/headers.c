@@ -51,14 +51,32 @@ static uint64_t rid_next(void)
     return result;
 }
 
+/* Sixteen lower-case hex digits of v, most significant first, without a
+ * loop over nibbles: each nibble is spread into a byte of its own, and
+ * 'a' - '0' - 10 is added to the bytes that hold ten or more. */
+static void hex16(uint64_t v, char *out)
+{
+    for (int half = 0; half < 2; half++) {
+        uint64_t x = (v >> (32 - 32 * half)) & 0xffffffffu;
+        /* 0x0000000087654321 -> 0x0807060504030201 (nibbles into bytes) */
+        x = (x | (x << 16)) & 0x0000ffff0000ffffULL;
+        x = (x | (x << 8)) & 0x00ff00ff00ff00ffULL;
+        x = (x | (x << 4)) & 0x0f0f0f0f0f0f0f0fULL;
+        /* bytes >= 10 get bit 0x10 from adding 6, which gives them 0x27 */
+        uint64_t ten = ((x + 0x0606060606060606ULL) >> 4) & 0x0101010101010101ULL;
+        x += 0x3030303030303030ULL + ten * 0x27;
+        /* the most significant nibble is now in the highest byte */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        x = __builtin_bswap64(x);
+#endif
+        memcpy(out + 8 * half, &x, 8);
+    }
+}
+
 void gh__request_id(char out[33])
 {
-    static const char hex[] = "0123456789abcdef";
-    uint64_t a = rid_next(), b = rid_next();
-    for (int i = 0; i < 16; i++) {
-        out[i] = hex[(a >> (60 - 4 * i)) & 15];
-        out[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
-    }
+    hex16(rid_next(), out);
+    hex16(rid_next(), out + 16);
     out[32] = '\0';
 }
 
@@ -101,6 +119,34 @@ static void ob_header(obuf_t *o, const gh_h1_header_t *h)
     OB_LIT(o, "\r\n");
 }
 
+/* Header lines forwarded as they came: lines that follow each other in the
+ * received head go out with one copy, exactly as the scanner accepted them
+ * (every byte of them was checked; optional whitespace around the value
+ * means the same thing to every recipient). */
+typedef struct {
+    const char *start, *end;    /* the run gathered so far */
+} run_t;
+
+static void run_flush(obuf_t *o, run_t *run)
+{
+    if (run->end != run->start)
+        ob_put(o, run->start, (size_t)(run->end - run->start));
+    run->start = run->end = NULL;
+}
+
+static void run_add(obuf_t *o, run_t *run, const gh_h1_header_t *h)
+{
+    /* the line ends at the LF after the value and any trailing OWS */
+    const char *e = h->value + h->value_len;
+    while (*e != '\n')
+        e++;
+    if (h->name != run->end) {
+        run_flush(o, run);
+        run->start = h->name;
+    }
+    run->end = e + 1;
+}
+
 static bool ieq(const char *a, size_t an, const char *b, size_t bn)
 {
     if (an != bn)
@@ -132,9 +178,11 @@ static void conn_tokens(const gh_h1_head_t *head, conn_tokens_t *ct)
 {
     ct->n = 0;
     ct->overflow = false;
+    if (!head->conn_other)
+        return; /* the scanner saw no token but close, keep-alive, upgrade */
     for (size_t i = 0; i < head->nheaders; i++) {
         const gh_h1_header_t *c = &head->headers[i];
-        if (!GH_H1_NAME_IS(c, "connection"))
+        if (c->id != GH_HN_CONNECTION)
             continue;
         const char *p = c->value, *end = c->value + c->value_len;
         while (p < end) {
@@ -197,19 +245,6 @@ static void ob_set(obuf_t *o, const gh_preq_header_t *set, size_t n)
     }
 }
 
-static bool hop_by_hop(const gh_h1_header_t *h)
-{
-    switch (h->name_len) {
-    case 2: return GH_H1_NAME_IS(h, "te");
-    case 7: return GH_H1_NAME_IS(h, "trailer") || GH_H1_NAME_IS(h, "upgrade");
-    case 10: return GH_H1_NAME_IS(h, "connection") || GH_H1_NAME_IS(h, "keep-alive");
-    case 14: return GH_H1_NAME_IS(h, "content-length");
-    case 16: return GH_H1_NAME_IS(h, "proxy-connection");
-    case 17: return GH_H1_NAME_IS(h, "transfer-encoding");
-    default: return false;
-    }
-}
-
 static int parse_ip(const char *ip, gh_sockaddr_t *ss)
 {
     memset(ss, 0, sizeof *ss);
@@ -257,12 +292,12 @@ void gh__real_client(gh_req_t *r)
     const gh_h1_header_t *xff = NULL;
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
-        if (GH_H1_NAME_IS(f, "cf-connecting-ip") && take_ip(f->value, f->value_len, ip, &ss) == 0) {
+        if (f->id == GH_HN_CF_CONNECTING_IP && take_ip(f->value, f->value_len, ip, &ss) == 0) {
             memcpy(r->client_ip, ip, sizeof ip);
             r->client_addr = ss;
             return;
         }
-        if (GH_H1_NAME_IS(f, "x-forwarded-for"))
+        if (f->id == GH_HN_X_FORWARDED_FOR)
             xff = f; /* the last field holds the right-most entries */
     }
     if (!xff)
@@ -289,15 +324,14 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     bool trusted = gh_cidr_match_any(cfg->trusted_proxies, cfg->ntrusted_proxies,
                                      &r->conn->peer.sa);
     const gh_h1_header_t *xfp = NULL, *host = NULL, *upg = NULL;
-    size_t total = 0;
+    size_t total = h->head_len;    /* forwarded lines and values are parts of it */
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
-        total += f->name_len + f->value_len + 4;
-        if (GH_H1_NAME_IS(f, "x-forwarded-proto"))
+        if (f->id == GH_HN_X_FORWARDED_PROTO)
             xfp = f;
-        else if (GH_H1_NAME_IS(f, "host"))
+        else if (f->id == GH_HN_HOST)
             host = f;
-        else if (GH_H1_NAME_IS(f, "upgrade"))
+        else if (f->id == GH_HN_UPGRADE)
             upg = f;
     }
     conn_tokens_t ct;
@@ -323,18 +357,20 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
         ob_str(&o, r->host);
     OB_LIT(&o, "\r\n");
 
+    run_t run = { NULL, NULL };
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
-        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "host") || GH_H1_NAME_IS(f, "expect") ||
-            GH_H1_NAME_IS(f, "x-real-ip") || GH_H1_NAME_IS(f, "x-forwarded-host") ||
-            GH_H1_NAME_IS(f, "x-forwarded-proto") || GH_H1_NAME_IS(f, "x-request-id") ||
-            GH_H1_NAME_IS(f, "x-forwarded-for") ||
-            (GH_H1_NAME_IS(f, "cf-connecting-ip") && !trusted) || named_in_connection(&ct, f))
+        if (gh_h1_hop_by_hop(f) || f->id == GH_HN_HOST || f->id == GH_HN_EXPECT ||
+            f->id == GH_HN_X_REAL_IP || f->id == GH_HN_X_FORWARDED_HOST ||
+            f->id == GH_HN_X_FORWARDED_PROTO || f->id == GH_HN_X_REQUEST_ID ||
+            f->id == GH_HN_X_FORWARDED_FOR ||
+            (f->id == GH_HN_CF_CONNECTING_IP && !trusted) || named_in_connection(&ct, f))
             continue;
         if (p && edited(f, p->req_remove, p->nreq_remove, p->req_set, p->nreq_set))
             continue;
-        ob_header(&o, f);
+        run_add(&o, &run, f);
     }
+    run_flush(&o, &run);
     if (p)
         ob_set(&o, p->req_set, p->nreq_set);
     /* From a trusted proxy the chain is kept (repeated fields joined into
@@ -343,7 +379,7 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
     if (trusted) {
         for (size_t i = 0; i < h->nheaders; i++) {
             const gh_h1_header_t *f = &h->headers[i];
-            if (GH_H1_NAME_IS(f, "x-forwarded-for") && f->value_len) {
+            if (f->id == GH_HN_X_FORWARDED_FOR && f->value_len) {
                 ob_put(&o, f->value, f->value_len);
                 OB_LIT(&o, ", ");
             }
@@ -389,11 +425,10 @@ char *gh__build_upstream_head(gh_req_t *r, size_t *len)
 
 char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
 {
-    size_t total = 0;
+    size_t total = rh->head_len;   /* forwarded lines are parts of it */
     const gh_h1_header_t *upg = NULL;
     for (size_t i = 0; i < rh->nheaders; i++) {
-        total += rh->headers[i].name_len + rh->headers[i].value_len + 4;
-        if (GH_H1_NAME_IS(&rh->headers[i], "upgrade"))
+        if (rh->headers[i].id == GH_HN_UPGRADE)
             upg = &rh->headers[i];
     }
     conn_tokens_t ct;
@@ -413,18 +448,20 @@ char *gh__build_response_head(gh_req_t *r, const gh_h1_head_t *rh, size_t *len)
 
     bool informational = rh->status < 200;
     bool no_body = informational || rh->status == 204 || rh->status == 304 || r->head_method;
+    run_t run = { NULL, NULL };
     for (size_t i = 0; i < rh->nheaders; i++) {
         const gh_h1_header_t *f = &rh->headers[i];
-        if (GH_H1_NAME_IS(f, "content-length") && no_body && !informational && rh->status != 204) {
-            ob_header(&o, f); /* HEAD and 304 describe the body they did not send */
+        if (f->id == GH_HN_CONTENT_LENGTH && no_body && !informational && rh->status != 204) {
+            run_add(&o, &run, f); /* HEAD and 304 describe the body they did not send */
             continue;
         }
-        if (hop_by_hop(f) || GH_H1_NAME_IS(f, "x-request-id") || named_in_connection(&ct, f))
+        if (gh_h1_hop_by_hop(f) || f->id == GH_HN_X_REQUEST_ID || named_in_connection(&ct, f))
             continue;
         if (p && !informational && edited(f, p->resp_remove, p->nresp_remove, p->resp_set, p->nresp_set))
             continue;
-        ob_header(&o, f);
+        run_add(&o, &run, f);
     }
+    run_flush(&o, &run);
     if (p && !informational)
         ob_set(&o, p->resp_set, p->nresp_set);
     if (rh->status == 101) {

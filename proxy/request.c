@@ -100,9 +100,9 @@ static int request_strings(gh_req_t *r)
     size_t query_len = q ? tn - path_len - 1 : 0;
     const gh_h1_header_t *ua = NULL, *ref = NULL;
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (GH_H1_NAME_IS(&h->headers[i], "user-agent"))
+        if (h->headers[i].id == GH_HN_USER_AGENT)
             ua = &h->headers[i];
-        else if (GH_H1_NAME_IS(&h->headers[i], "referer"))
+        else if (h->headers[i].id == GH_HN_REFERER)
             ref = &h->headers[i];
     }
     size_t need = host_len + 1 + path_len + 2 + query_len + 1 + (ua ? ua->value_len : 0) + 1 +
@@ -218,11 +218,11 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
     bool have_id = false;
     for (size_t i = 0; i < h->nheaders; i++) {
         const gh_h1_header_t *f = &h->headers[i];
-        if (GH_H1_NAME_IS(f, "x-request-id") && request_id_ok(f->value, f->value_len)) {
+        if (f->id == GH_HN_X_REQUEST_ID && request_id_ok(f->value, f->value_len)) {
             memcpy(r->request_id, f->value, f->value_len);
             r->request_id[f->value_len] = '\0';
             have_id = true;
-        } else if (GH_H1_NAME_IS(f, "expect")) {
+        } else if (f->id == GH_HN_EXPECT) {
             if (header_value_is(f, "100-continue"))
                 r->expect_continue = true;
         }
@@ -303,7 +303,8 @@ static void start_request(gh_conn_t *c, gh_req_t *r, size_t head_len)
         return;
     }
 
-    r->route = gh_router_match(cfg->router, r->host, strlen(r->host), r->path, strlen(r->path));
+    r->route = gh_router_match_normalized(cfg->router, r->host, strlen(r->host), r->path,
+                                          strlen(r->path));
     if (!r->route) {
         c->off += head_len;
         if (r->has_body)

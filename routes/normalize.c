@@ -19,27 +19,42 @@ static int hex_value(unsigned char c)
     return -1;
 }
 
-static bool is_alnum(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
+/* Byte classes of RFC 3986, one bit each:
+ *   UNRES  unreserved: ALPHA DIGIT - . _ ~ (the only bytes whose escaped and
+ *          literal forms mean the same thing to every server, hence the
+ *          only ones safe to decode)
+ *   HOST   reg-name bytes without pct-encoded: unreserved and sub-delims
+ *          !$&'()*+,;= (DNS names never need escapes, and accepting them
+ *          would give one host two spellings; '*' stays allowed so route
+ *          hosts like "*.example.com" go through the same function)
+ *   PATH   a byte that may appear literally in a path: pchar minus
+ *          pct-encoded, or '/'
+ * tests/unit/test_router.c checks the classes through the public
+ * functions. */
+enum { UNRES = 1, HOST = 2, PATH = 4 };
 
-/* RFC 3986 unreserved: the only bytes whose escaped and literal forms mean
- * the same thing to every server, hence the only ones safe to decode. */
+static const unsigned char uri_cls[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 10 */
+    0, 6, 0, 0, 6, 0, 6, 6, 6, 6, 6, 6, 6, 7, 7, 4,  /* 20 */
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 4, 6, 0, 6, 0, 0,  /* 30 */
+    4, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,  /* 40 */
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 7,  /* 50 */
+    0, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,  /* 60 */
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 7, 0,  /* 70 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 80 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 90 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* a0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* b0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* c0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* d0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* e0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* f0 */
+};
+
 static bool is_unreserved(unsigned char c)
 {
-    return is_alnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-static bool is_sub_delim(unsigned char c)
-{
-    return c != '\0' && strchr("!$&'()*+,;=", c) != NULL;
-}
-
-/* A byte that may appear literally in a path: pchar minus pct-encoded, or '/'. */
-static bool is_path_byte(unsigned char c)
-{
-    return is_unreserved(c) || is_sub_delim(c) || c == ':' || c == '@' || c == '/';
+    return uri_cls[c] & UNRES;
 }
 
 /* RFC 3986 5.2.4 over buf[0..n), in place; buf starts with '/'. The output
@@ -114,7 +129,7 @@ ssize_t gh_path_normalize(const char *in, size_t in_len, char *out, size_t outca
                 out[n++] = hex[lo];
             }
             i += 2;
-        } else if (is_path_byte(c)) {
+        } else if (uri_cls[c] & PATH) {
             out[n++] = (char)c;
         } else {
             /* Controls, space, raw non-ASCII, '?', '#', '"', '<', '\\' ...:
@@ -126,15 +141,6 @@ ssize_t gh_path_normalize(const char *in, size_t in_len, char *out, size_t outca
     n = remove_dot_segments(out, n);
     out[n] = '\0';
     return (ssize_t)n;
-}
-
-/* reg-name bytes (RFC 3986 3.2.2) without pct-encoded: DNS names never need
- * escapes, and accepting them would give one host two spellings. '*' is a
- * sub-delim and stays allowed so route hosts like "*.example.com" can be
- * normalised with the same function. */
-static bool is_host_byte(unsigned char c)
-{
-    return is_unreserved(c) || is_sub_delim(c);
 }
 
 static bool all_digits(const char *s, size_t n)
@@ -172,7 +178,7 @@ ssize_t gh_host_normalize(const char *in, size_t in_len, char *out, size_t cap)
     } else {
         end = 0;
         while (end < in_len && in[end] != ':') {
-            if (!is_host_byte((unsigned char)in[end]))
+            if (!(uri_cls[(unsigned char)in[end]] & HOST))
                 return -1;
             end++;
         }
@@ -189,7 +195,7 @@ ssize_t gh_host_normalize(const char *in, size_t in_len, char *out, size_t cap)
 
     for (size_t i = 0; i < end; i++) {
         unsigned char c = (unsigned char)in[i];
-        out[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        out[i] = (char)(c | (unsigned char)((unsigned)(c - 'A') < 26u) << 5);
     }
     out[end] = '\0';
     return (ssize_t)end;

@@ -309,6 +309,23 @@ const gh_route_conf_t *gh_router_match(const gh_router_t *r,
                                        const char *path, size_t path_len)
 {
     char buf[HOST_MAX];
+
+    /* No Host at all (HTTP/1.0) can only mean the catch-all; a Host that is
+     * present but invalid or too long matches nothing. */
+    if (host != NULL && host_len > 0) {
+        ssize_t n = gh_host_normalize(host, host_len, buf, sizeof(buf));
+        if (n < 0)
+            return NULL;
+        host = buf;
+        host_len = (size_t)n;
+    }
+    return gh_router_match_normalized(r, host, host_len, path, path_len);
+}
+
+const gh_route_conf_t *gh_router_match_normalized(const gh_router_t *r,
+                                                  const char *buf, size_t hl,
+                                                  const char *path, size_t path_len)
+{
     const host_ent_t *wild[HOST_MAX];
     const gh_route_conf_t *route;
     size_t nwild = 0;
@@ -317,14 +334,9 @@ const gh_route_conf_t *gh_router_match(const gh_router_t *r,
         return NULL;
     if (path == NULL)
         path_len = 0;
-
-    /* No Host at all (HTTP/1.0) can only mean the catch-all; a Host that is
-     * present but invalid or too long matches nothing. */
-    if (host != NULL && host_len > 0) {
-        ssize_t n = gh_host_normalize(host, host_len, buf, sizeof(buf));
-        if (n < 0)
-            return NULL;
-        size_t hl = (size_t)n;
+    if (buf != NULL && hl >= HOST_MAX)
+        return NULL;
+    if (buf != NULL && hl > 0) {
 
         /* Right to left: at each dot h covers the suffix after it. A dot at
          * 0 has an empty label before it, which "*." does not stand for. */

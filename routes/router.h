@@ -33,6 +33,12 @@ const gh_route_conf_t *gh_router_match(const gh_router_t *r,
                                        const char *host, size_t host_len,
                                        const char *path, size_t path_len);
 
+/* The same for a host that gh_host_normalize already returned (the proxy
+ * normalises it once for logs, redirects and routing). */
+const gh_route_conf_t *gh_router_match_normalized(const gh_router_t *r,
+                                                  const char *host, size_t host_len,
+                                                  const char *path, size_t path_len);
+
 /* Normalises the path part of a request target (no query) into out:
  * percent-encoded unreserved characters (ALPHA DIGIT - . _ ~) are decoded,
  * other percent-escapes are kept with upper-case hex, dot-segments are

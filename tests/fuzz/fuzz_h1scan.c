@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "proxy/h1scan.h"
 
 #if !defined(GH_FUZZ_NO_LLHTTP) && defined(__has_include)
@@ -66,6 +67,38 @@ static bool allowed_result(int r, bool response)
     return r == -400 || r == -414 || r == -431 || r == -501 || r == -505;
 }
 
+/* The name each enum gh_h1_name stands for, in enum order. */
+static const char *const known_names[] = {
+    [GH_HN_CONNECTION] = "connection",
+    [GH_HN_CONTENT_LENGTH] = "content-length",
+    [GH_HN_TRANSFER_ENCODING] = "transfer-encoding",
+    [GH_HN_UPGRADE] = "upgrade",
+    [GH_HN_TE] = "te",
+    [GH_HN_TRAILER] = "trailer",
+    [GH_HN_KEEP_ALIVE] = "keep-alive",
+    [GH_HN_PROXY_CONNECTION] = "proxy-connection",
+    [GH_HN_HOST] = "host",
+    [GH_HN_EXPECT] = "expect",
+    [GH_HN_X_REAL_IP] = "x-real-ip",
+    [GH_HN_X_FORWARDED_HOST] = "x-forwarded-host",
+    [GH_HN_X_FORWARDED_PROTO] = "x-forwarded-proto",
+    [GH_HN_X_FORWARDED_FOR] = "x-forwarded-for",
+    [GH_HN_X_REQUEST_ID] = "x-request-id",
+    [GH_HN_CF_CONNECTING_IP] = "cf-connecting-ip",
+    [GH_HN_USER_AGENT] = "user-agent",
+    [GH_HN_REFERER] = "referer",
+};
+
+/* The id a name must get: compared with strncasecmp, not the scanner's
+ * word-at-a-time compare. */
+static unsigned expected_id(const char *name, size_t n)
+{
+    for (unsigned id = 1; id < sizeof known_names / sizeof known_names[0]; id++)
+        if (strlen(known_names[id]) == n && strncasecmp(known_names[id], name, n) == 0)
+            return id;
+    return GH_HN_OTHER;
+}
+
 /* What must hold of any accepted head, checked against the RFC directly
  * rather than against the scanner's own tables. */
 static void check_accepted(const char *buf, size_t len, size_t max, int r,
@@ -94,6 +127,8 @@ static void check_accepted(const char *buf, size_t len, size_t max, int r,
         for (size_t k = 0; k < f->name_len; k++)
             ENSURE(is_tchar((unsigned char)f->name[k]), "non-token name %zu", i);
         ENSURE(f->name[f->name_len] == ':', "name %zu not followed by ':'", i);
+        ENSURE(f->id == expected_id(f->name, f->name_len), "name %zu: id %u, expected %u", i,
+               (unsigned)f->id, expected_id(f->name, f->name_len));
         if (f->value_len) {
             char a = f->value[0], z = f->value[f->value_len - 1];
             ENSURE(a != ' ' && a != '\t' && z != ' ' && z != '\t', "value %zu not trimmed", i);

@@ -164,6 +164,47 @@ static gh_route_conf_t *make_routes(gh_arena_t *a, const char *const (*spec)[2],
     return routes;
 }
 
+/* Every byte value, one at a time, against RFC 3986's sets written out
+ * here: which bytes a host keeps (lower-cased), which a path keeps, which
+ * an escape decodes. */
+static void test_byte_classes(void)
+{
+    const char *unreserved_other = "-._~", *sub_delims = "!$&'()*+,;=";
+    for (int c = 1; c < 256; c++) {
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        bool unres = alnum || strchr(unreserved_other, c);
+        bool host = unres || strchr(sub_delims, c);
+        bool path = host || c == ':' || c == '@' || c == '/';
+        char in[8], out[16];
+
+        snprintf(in, sizeof in, "a%cb", c);
+        ssize_t n = gh_host_normalize(in, 3, out, sizeof out);
+        if (c == ':') {
+            CHECK_INT(n, -1);   /* "a:b": a port that is not digits */
+        } else if (host) {
+            char want = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            CHECK(n == 3 && out[0] == 'a' && out[1] == want && out[2] == 'b');
+        } else {
+            CHECK_INT(n, -1);
+        }
+
+        in[0] = '/';
+        in[1] = (char)c;
+        n = gh_path_normalize(in, 2, out, sizeof out);
+        if (path && c != '.')
+            CHECK(n == 2 && out[1] == (char)c);
+        else if (c != '.' && c != '%')
+            CHECK_INT(n, -1);
+
+        snprintf(in, sizeof in, "/%%%02X", c);
+        n = gh_path_normalize(in, 4, out, sizeof out);
+        if (unres && c != '.')
+            CHECK(n == 2 && out[1] == (char)c);
+        else if (c != '.')
+            CHECK(n == 4 && strncmp(out, in, 4) == 0);
+    }
+}
+
 static void test_match_order(void)
 {
     static const char *const spec[][2] = {
@@ -336,6 +377,7 @@ int main(void)
 {
     test_path_normalize();
     test_host_normalize();
+    test_byte_classes();
     test_match_order();
     test_no_catch_all();
     test_many_routes();
