@@ -48,7 +48,7 @@ static void conn_stream_closed(gh_stream_t *s)
     gh_conn_t *c = s->data;
     gh__server_conn_closed(c->server, c);
     conn_buf_free(c);
-    free(c);
+    gh__conn_mem_put(c);
 }
 
 static void deadline_remove(gh_conn_t *c);
@@ -70,7 +70,7 @@ static void req_free(gh_req_t *r)
     free(r->qout);
     free(r->pout);
     free(r->rhead);
-    free(r);
+    gh__req_mem_put(r);
 }
 
 void gh__free_write_req(gh_write_req_t *w, int status)
@@ -596,9 +596,10 @@ void gh__conn_accept(gh_listener_t *l)
     gh_server_t *srv = l->server;
     if (!deadline_reserve(srv))
         return;
-    gh_conn_t *c = calloc(1, sizeof *c);
+    gh_conn_t *c = gh__conn_mem_get();
     if (!c)
         return;
+    memset(c, 0, sizeof *c);
     c->server = srv;
     c->redirect_https = l->redirect_https;
     c->admin = l->admin;

@@ -103,12 +103,17 @@ void gh__request_id(char out[33]);
  * proxies, CF-Connecting-IP or X-Forwarded-For. Needs r->head. */
 void gh__real_client(gh_req_t *r);
 
-/* bufcache.c: GH_BUF_SIZE buffers, reused */
+/* bufcache.c: per-thread free lists. GH_BUF_SIZE read buffers: */
 void *gh__buf_get(void);
 void gh__buf_put(void *b);
 /* A write request for one write to a client; given back by its callback. */
 gh_write_req_t *gh__wreq_get(void);
 void gh__wreq_put(gh_write_req_t *w);
+/* Memory for a request or a connection (uninitialised). */
+gh_req_t *gh__req_mem_get(void);
+void gh__req_mem_put(gh_req_t *r);
+gh_conn_t *gh__conn_mem_get(void);
+void gh__conn_mem_put(gh_conn_t *c);
 void gh__buf_cache_clear(void);
 
 /* accesslog.c */

@@ -25,7 +25,7 @@ static const llhttp_settings_t req_settings = {
 
 gh_req_t *gh__req_alloc(void)
 {
-    gh_req_t *r = malloc(sizeof *r);
+    gh_req_t *r = gh__req_mem_get();
     if (r) {
         memset(r, 0, offsetof(gh_req_t, head));
         r->head.nheaders = 0;
@@ -359,7 +359,7 @@ void gh__conn_process_head(gh_conn_t *c)
     }
     int rc = gh_h1_scan_request(c->buf + c->off, avail, cfg->limits.max_header_bytes, &r->head);
     if (rc == 0) {
-        free(r);
+        gh__req_mem_put(r);
         return;
     }
     r->conn = c;

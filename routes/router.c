@@ -336,8 +336,8 @@ const gh_route_conf_t *gh_router_match_normalized(const gh_router_t *r,
         path_len = 0;
     if (buf != NULL && hl >= HOST_MAX)
         return NULL;
-    if (buf != NULL && hl > 0) {
-
+    /* (a config with no host but "*" has nothing to look up here) */
+    if (buf != NULL && hl > 0 && (r->exact.slots != NULL || r->wild.slots != NULL)) {
         /* Right to left: at each dot h covers the suffix after it. A dot at
          * 0 has an empty label before it, which "*." does not stand for. */
         uint64_t h = FNV_OFFSET;
