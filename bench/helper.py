@@ -48,8 +48,10 @@ HOST = "127.0.0.1"
 METRICS = [
     ("small", "rps", "small responses, keep-alive, {conns} conns", "requests/s", "higher", "int"),
     ("small", "p99_ms", "small responses, keep-alive, {conns} conns", "p99 latency ms", "lower", "ms"),
+    ("small", "cpu_us", "small responses, keep-alive, {conns} conns", "proxy CPU us per request", "lower", "ms"),
     ("large", "mibps", "10 MiB bodies, {large_conns} conns", "MiB/s", "higher", "int"),
     ("close", "rps", "new connection per request, {conns} conns", "connections/s", "higher", "int"),
+    ("close", "cpu_us", "new connection per request, {conns} conns", "proxy CPU us per connection", "lower", "ms"),
     ("idle", "kib_per_conn", "{idle_conns} idle keep-alive connections", "KiB RSS per connection", "lower", "kib"),
     ("idle", "rss_mib", "{idle_conns} idle keep-alive connections", "MiB RSS in all", "lower", "mib"),
     ("callgrind", "ir_per_req", "callgrind, {callgrind_n} keep-alive requests", "instructions per request", "lower", "int"),
