@@ -43,15 +43,16 @@ static void conn_buf_free(gh_conn_t *c)
     c->buf = NULL;
 }
 
+static void deadline_remove(gh_conn_t *c);
+
 static void conn_stream_closed(gh_stream_t *s)
 {
     gh_conn_t *c = s->data;
+    deadline_remove(c);     /* (every path that closes has taken it out already) */
     gh__server_conn_closed(c->server, c);
     conn_buf_free(c);
     gh__conn_mem_put(c);
 }
-
-static void deadline_remove(gh_conn_t *c);
 
 static void req_free(gh_req_t *r)
 {
@@ -288,12 +289,14 @@ static void deadline_timer_fire(uv_timer_t *t)
     deadline_timer_update(srv, now);
 }
 
-/* Room in the heap for one more connection (called at accept, so that
- * setting a deadline never fails). */
+/* Room in the heap for every connection and one more (called at accept,
+ * before the new one is counted, so that setting a deadline never fails). */
 static bool deadline_reserve(gh_server_t *srv)
 {
-    if (srv->dheap_n < srv->dheap_cap)
+    if (srv->nconns < srv->dheap_cap)
         return true;
+    if (srv->dheap_cap > UINT32_MAX / 2 / sizeof(gh_conn_t *))
+        return false;
     uint32_t cap = srv->dheap_cap ? srv->dheap_cap * 2 : 256;
     gh_conn_t **h = realloc(srv->dheap, cap * sizeof *h);
     if (!h)

@@ -166,6 +166,79 @@ def test_idle_keep_alive_connection_is_closed(slow_gh):
         assert c.wait_closed(6), "an idle keep-alive connection outlived timeouts.idle 1s"
 
 
+def _closed_count(socks):
+    """How many of socks the server has closed (EOF or reset), without waiting."""
+    n = 0
+    for s in socks:
+        try:
+            if s.recv(1, socket.MSG_PEEK) == b"":   # the sockets are non-blocking
+                n += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            n += 1
+    return n
+
+
+def test_each_idle_connection_is_closed_at_its_own_deadline(gatehouse, aio):
+    """Many idle keep-alive connections, in two waves two seconds apart (more
+    than the first size of the worker's deadline heap): each wave is closed
+    once timeouts.idle has passed for it and not before, while a connection
+    that keeps sending requests stays open through both."""
+    gh = gatehouse({"timeouts": {"header": "5s", "idle": "2s"},
+                    "routes": [{"host": "*", "upstream": aio.url}]})
+    per_wave = 140
+    req = build_request("GET", "/echo")
+    waves = []
+    busy = Conn(gh.port, timeout=10)
+    try:
+        for wave in range(2):
+            for _ in range(20):
+                if not wave or time.monotonic() >= start + 2.0:
+                    break
+                busy.send(req)      # idle for 2 s, it would be closed too
+                assert busy.read_response().status == 200
+                time.sleep(min(0.5, max(0.0, start + 2.0 - time.monotonic())))
+            socks = []
+            for i in range(per_wave):
+                c = Conn(gh.port, timeout=10)
+                c.send(req)
+                assert c.read_response().status == 200
+                c.sock.settimeout(0)
+                socks.append(c)
+                if i % 32 == 0:
+                    busy.send(req)
+                    assert busy.read_response().status == 200
+            if not wave:
+                start = time.monotonic()    # the first wave's last request
+            waves.append(socks)
+        # t = 2 s: the second wave has just gone idle, the first is due now
+        seen = {}
+        dl = Deadline(12)
+        while not dl.expired():
+            t = time.monotonic() - start
+            a = _closed_count(s.sock for s in waves[0])
+            b = _closed_count(s.sock for s in waves[1])
+            if t < 3.6:
+                assert b == 0, "%d connections of the second wave closed %.2f s after the first" % (b, t)
+            if a == per_wave and "a" not in seen:
+                seen["a"] = t
+            if b == per_wave:
+                seen["b"] = t
+                break
+            busy.send(req)
+            assert busy.read_response().status == 200, "the busy connection was closed"
+            time.sleep(0.2)
+        assert "a" in seen and "b" in seen, "idle connections were not all closed: %r" % seen
+        assert 1.9 <= seen["a"], "the first wave was closed before timeouts.idle"
+        assert seen["b"] >= 3.9, "the second wave was closed before timeouts.idle"
+    finally:
+        busy.close()
+        for socks in waves:
+            for c in socks:
+                c.close()
+
+
 # ------------------------------------------------------------ sizes
 
 @pytest.fixture
