@@ -174,8 +174,8 @@ static void conn_linger(gh_conn_t *c)
 
 /* ---- timers ----
  *
- * A worker keeps one libuv timer for all its connections and a binary
- * min-heap of the connections by the time their entry falls due (a
+ * A worker keeps one libuv timer for all its connections and a min-heap of
+ * the connections by the time their entry falls due (proxy/dheap.h; a
  * uv_timer_t in each connection would be 152 of its bytes). The timer is
  * set for the heap's earliest entry; when it fires, every entry due is
  * taken out and looked at. Deadlines are lazy: moving one later leaves the
@@ -185,53 +185,16 @@ static void conn_linger(gh_conn_t *c)
 
 static void conn_timeout(gh_conn_t *c, uint64_t now);
 
-static inline void heap_set(gh_server_t *srv, uint32_t i, gh_conn_t *c)
-{
-    srv->dheap[i] = c;
-    c->heap_idx = i + 1;
-}
-
-static void heap_up(gh_server_t *srv, uint32_t i)
-{
-    gh_conn_t *c = srv->dheap[i];
-    while (i > 0) {
-        uint32_t parent = (i - 1) / 2;
-        gh_conn_t *p = srv->dheap[parent];
-        if (p->timer_at <= c->timer_at)
-            break;
-        heap_set(srv, i, p);
-        i = parent;
-    }
-    heap_set(srv, i, c);
-}
-
-static void heap_down(gh_server_t *srv, uint32_t i)
-{
-    gh_conn_t *c = srv->dheap[i];
-    uint32_t n = srv->dheap_n;
-    for (;;) {
-        uint32_t k = 2 * i + 1;
-        if (k >= n)
-            break;
-        if (k + 1 < n && srv->dheap[k + 1]->timer_at < srv->dheap[k]->timer_at)
-            k++;
-        if (c->timer_at <= srv->dheap[k]->timer_at)
-            break;
-        heap_set(srv, i, srv->dheap[k]);
-        i = k;
-    }
-    heap_set(srv, i, c);
-}
-
 static void deadline_timer_fire(uv_timer_t *t);
 
 /* Sets the worker's timer no later than the earliest entry. When that entry
  * goes, the timer is left where it is: firing early costs one look. */
 static void deadline_timer_update(gh_server_t *srv, uint64_t now)
 {
-    if (srv->dheap_n == 0)
+    gh_conn_t *top = gh_dheap_top(&srv->deadlines);
+    if (!top)
         return;
-    uint64_t at = srv->dheap[0]->timer_at;
+    uint64_t at = top->timer_at;
     if (srv->deadline_timer_on && srv->deadline_timer_at <= at)
         return;
     srv->deadline_timer_on = true;
@@ -241,37 +204,15 @@ static void deadline_timer_update(gh_server_t *srv, uint64_t now)
 
 static void deadline_remove(gh_conn_t *c)
 {
-    if (c->heap_idx == 0)
-        return;
-    gh_server_t *srv = c->server;
-    uint32_t i = c->heap_idx - 1;
-    c->heap_idx = 0;
-    gh_conn_t *last = srv->dheap[--srv->dheap_n];
-    if (last == c)
-        return;
-    heap_set(srv, i, last);
-    if (i > 0 && srv->dheap[(i - 1) / 2]->timer_at > last->timer_at)
-        heap_up(srv, i);
-    else
-        heap_down(srv, i);
+    gh_dheap_remove(&c->server->deadlines, c);
 }
 
 static void arm(gh_conn_t *c, uint64_t at, uint64_t now)
 {
-    gh_server_t *srv = c->server;
-    bool earlier = c->heap_idx && at < c->timer_at;
-    c->timer_at = at;
-    if (c->heap_idx == 0) {
-        /* room for every connection was made at accept */
-        heap_set(srv, srv->dheap_n++, c);
-        heap_up(srv, c->heap_idx - 1);
-    } else if (earlier) {
-        heap_up(srv, c->heap_idx - 1);
-    } else {
-        heap_down(srv, c->heap_idx - 1);
-    }
+    /* room for every connection was made at accept */
+    gh_dheap_set(&c->server->deadlines, c, at);
     if (c->heap_idx == 1)
-        deadline_timer_update(srv, now);
+        deadline_timer_update(c->server, now);
 }
 
 static void deadline_timer_fire(uv_timer_t *t)
@@ -280,30 +221,13 @@ static void deadline_timer_fire(uv_timer_t *t)
     uint64_t now = uv_now(srv->loop);
     srv->deadline_timer_on = false;
     /* every entry looked at leaves the heap or goes back in later than now,
-     * so this ends after at most dheap_n turns */
-    while (srv->dheap_n > 0 && srv->dheap[0]->timer_at <= now) {
-        gh_conn_t *c = srv->dheap[0];
+     * so this ends after at most as many turns as there are entries */
+    gh_conn_t *c;
+    while ((c = gh_dheap_top(&srv->deadlines)) != NULL && c->timer_at <= now) {
         deadline_remove(c);
         conn_timeout(c, now);
     }
     deadline_timer_update(srv, now);
-}
-
-/* Room in the heap for every connection and one more (called at accept,
- * before the new one is counted, so that setting a deadline never fails). */
-static bool deadline_reserve(gh_server_t *srv)
-{
-    if (srv->nconns < srv->dheap_cap)
-        return true;
-    if (srv->dheap_cap > UINT32_MAX / 2 / sizeof(gh_conn_t *))
-        return false;
-    uint32_t cap = srv->dheap_cap ? srv->dheap_cap * 2 : 256;
-    gh_conn_t **h = realloc(srv->dheap, cap * sizeof *h);
-    if (!h)
-        return false;
-    srv->dheap = h;
-    srv->dheap_cap = cap;
-    return true;
 }
 
 void gh__deadlines_init(gh_server_t *srv)
@@ -315,9 +239,7 @@ void gh__deadlines_init(gh_server_t *srv)
 void gh__deadlines_close(gh_server_t *srv)
 {
     uv_close((uv_handle_t *)&srv->deadline_timer, NULL);
-    free(srv->dheap);
-    srv->dheap = NULL;
-    srv->dheap_n = srv->dheap_cap = 0;
+    gh_dheap_free(&srv->deadlines);
 }
 
 static void conn_timeout(gh_conn_t *c, uint64_t now)
@@ -597,7 +519,8 @@ void gh__conn_request_done(gh_conn_t *c)
 void gh__conn_accept(gh_listener_t *l)
 {
     gh_server_t *srv = l->server;
-    if (!deadline_reserve(srv))
+    /* room in the deadline heap for every connection and this one */
+    if (!gh_dheap_reserve(&srv->deadlines, srv->nconns + 1))
         return;
     gh_conn_t *c = gh__conn_mem_get();
     if (!c)

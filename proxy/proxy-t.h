@@ -11,6 +11,7 @@
 #include <llhttp.h>
 
 #include "conf/config-t.h"
+#include "proxy/dheap.h"
 #include "proxy/h1scan.h"
 #include "proxy/stream.h"
 
@@ -285,8 +286,7 @@ struct gh_server {
     uv_timer_t deadline_timer;  /* fires for the earliest entry of the heap */
     bool deadline_timer_on;
     uint64_t deadline_timer_at;
-    gh_conn_t **dheap;      /* connections by timer_at, a binary min-heap */
-    uint32_t dheap_n, dheap_cap;
+    gh_dheap_t deadlines;   /* connections by timer_at (proxy/dheap.h) */
     uv_prepare_t flush;     /* flushes the access log once per loop turn */
     bool stopping;
     int exit_code;
