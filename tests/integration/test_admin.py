@@ -185,8 +185,12 @@ def send(port, host, target="/", n=1):
 def wait_dead_marked(a, check):
     """Fails a request on dead.test and runs check() right after: passive
     marking lasts about a second, so a slow machine may need another try.
+    With several workers the marking is the worker's own (as nginx's
+    max_fails is) and the admin answers with its worker's view, so a try
+    counts only when the kernel hands the request's connection to that
+    worker: up to 20 tries leave no real chance of missing it.
     Returns how many dead.test requests were sent."""
-    for i in range(1, 6):
+    for i in range(1, 21):
         send(a.gh.port, "dead.test")
         if check():
             return i
