@@ -505,14 +505,15 @@ static void finish_stop(gh_server_t *srv)
 {
     srv->stop_done = true;
     if (srv->worker == 0) {
-        uv_close((uv_handle_t *)&srv->sig_hup, NULL);
-        uv_close((uv_handle_t *)&srv->sig_term, NULL);
-        uv_close((uv_handle_t *)&srv->sig_int, NULL);
-        /* Closing the handlers restored the default actions (libuv does it at
-         * once); a late signal must not turn a clean exit into a kill. */
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGHUP, SIG_IGN);
+        /* The signal handlers stay installed, unreferenced so that the loop
+         * can end. Closing them would put the default actions back (libuv
+         * does so at once), and a late SIGTERM in the moment before they
+         * could be set to ignore would turn a clean exit into a kill. A late
+         * signal now ends in begin_stop (exit 0) or, once the loop is done,
+         * in nothing. The default loop is left with them at exit. */
+        uv_unref((uv_handle_t *)&srv->sig_hup);
+        uv_unref((uv_handle_t *)&srv->sig_term);
+        uv_unref((uv_handle_t *)&srv->sig_int);
     }
     uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&srv->flush, NULL);
