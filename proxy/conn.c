@@ -131,6 +131,18 @@ void gh__conn_abort(gh_conn_t *c)
     gh_stream_close(c->stream);
 }
 
+int gh__conn_write(gh_conn_t *c, const uv_buf_t *bufs, unsigned n, gh_write_cb cb)
+{
+    gh_write_req_t *w = gh__wreq_get();
+    if (!w)
+        return UV_ENOMEM;
+    w->data = c;
+    int rc = gh_stream_write(c->stream, w, bufs, n, cb);
+    if (rc != 0)
+        gh__wreq_put(w);
+    return rc;
+}
+
 void gh__conn_close_idle(gh_conn_t *c)
 {
     if (c->state == GH_C_HEAD && c->len == c->off)

@@ -444,15 +444,7 @@ static bool flush_response(gh_req_t *r)
     r->client_writing = true;
     if (r->uc)
         gh_stream_read_stop(r->uc->stream);
-    gh_write_req_t *w = gh__wreq_get();
-    if (!w) {
-        r->client_writing = false;
-        gh__conn_abort(c);
-        return true;
-    }
-    w->data = c;
-    if (gh_stream_write(c->stream, w, bufs, n, client_written) != 0) {
-        gh__wreq_put(w);
+    if (gh__conn_write(c, bufs, n, client_written) != 0) {
         r->client_writing = false;
         gh__conn_abort(c);
     }

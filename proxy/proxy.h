@@ -39,6 +39,9 @@ void gh__conn_set_deadline(gh_conn_t *c, enum gh_deadline d);
 /* Re-evaluates whether the client should be read now. */
 void gh__conn_update_read(gh_conn_t *c);
 void gh__conn_close_idle(gh_conn_t *c);
+/* Writes to the client with a write request of its own (w->data is c);
+ * cb gives it back with gh__wreq_put. 0, or a libuv error and no write. */
+int gh__conn_write(gh_conn_t *c, const uv_buf_t *bufs, unsigned n, gh_write_cb cb);
 /* The peer's address as text (at most 46 characters and a NUL). */
 void gh__conn_peer_text(const gh_conn_t *c, char out[48]);
 /* The worker's deadline heap (proxy/conn.c): made with the loop, closed

@@ -145,12 +145,7 @@ void gh__respond(gh_req_t *r, int status, const char *content_type, const char *
     r->bytes_out += len;
     r->client_writing = true;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-    gh_write_req_t *w = gh__wreq_get();
-    if (w)
-        w->data = c;
-    if (!w || gh_stream_write(c->stream, w, &b, 1, respond_written) != 0) {
-        if (w)
-            gh__wreq_put(w);
+    if (gh__conn_write(c, &b, 1, respond_written) != 0) {
         r->client_writing = false;
         gh__conn_abort(c);
         return;
