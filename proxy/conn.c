@@ -368,7 +368,7 @@ void gh__conn_update_read(gh_conn_t *c)
     bool want = c->state != GH_C_CLOSING && !c->peer_eof;
     if (want && c->req) {
         gh_req_t *r = c->req;
-        if (r->upstream_writing || r->phase == GH_R_ROUTING || r->phase == GH_R_LOCAL)
+        if (r->upstream_writing || r->splice || r->phase == GH_R_ROUTING || r->phase == GH_R_LOCAL)
             want = false;
         else if (r->phase == GH_R_CONNECTING && r->has_body)
             want = false;

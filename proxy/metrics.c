@@ -58,6 +58,7 @@ typedef struct copy {
     uint64_t duration_count;
     double duration_sum;
     uint64_t bytes_in, bytes_out;
+    uint64_t bytes_spliced;
 } copy_t;
 
 static pthread_mutex_t copies_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -193,6 +194,7 @@ void gh_metrics_request(const gh_req_t *r)
     m->duration_sum += secs;
     m->bytes_in += r->bytes_in;
     m->bytes_out += r->bytes_out;
+    m->bytes_spliced += r->bytes_spliced;
 
     route_entry_t *e = route_get(m, r->route && r->route->name ? r->route->name : "");
     if (e) {
@@ -279,6 +281,7 @@ static bool copy_add(copy_t *sum, const copy_t *src)
     sum->duration_sum += src->duration_sum;
     sum->bytes_in += src->bytes_in;
     sum->bytes_out += src->bytes_out;
+    sum->bytes_spliced += src->bytes_spliced;
     if (!sum->nslots && src->nslots) {
         if (!(sum->slots = calloc(src->nslots, sizeof *sum->slots)))
             return false;
@@ -729,6 +732,9 @@ static void render_requests(gh_obuf_t *b)
     gh_obuf_printf(b, "gatehouse_bytes_total{direction=\"in\"} %llu\n"
                       "gatehouse_bytes_total{direction=\"out\"} %llu\n",
                    (unsigned long long)m->bytes_in, (unsigned long long)m->bytes_out);
+    family(b, "gatehouse_bytes_spliced_total", "counter",
+           "Of the bytes out, response body bytes passed from upstream to client inside the kernel (splice).");
+    gh_obuf_printf(b, "gatehouse_bytes_spliced_total %llu\n", (unsigned long long)m->bytes_spliced);
     copy_free(&sum);
 }
 

@@ -5,7 +5,9 @@
  *
  * Bodies are re-framed on the way through: Content-Length bodies pass as
  * zero-copy spans of the read buffer, chunked bodies are decoded by llhttp
- * and written again as clean chunks. */
+ * and written again as clean chunks. The rest of a long Content-Length
+ * response body between two plain TCP sockets is handed to splice.c once
+ * what was read with the head has been written. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +74,7 @@ static bool refused_retry_ok(const gh_req_t *r, const gh_uconn_t *uc, int err)
 /* Detaches and closes the upstream connection of r, if any. */
 static void drop_upstream(gh_req_t *r, bool reusable)
 {
+    gh__splice_end(r);  /* its poll handles let go of both sockets first */
     gh_uconn_t *uc = r->uc;
     if (!uc)
         return;
@@ -412,12 +415,40 @@ static void client_written(gh_write_req_t *w, int status)
         uc->len = 0;
         r->uc_consumed = 0;
     }
+    /* a long Content-Length body between two plain TCP sockets goes on
+     * inside the kernel (proxy/splice.c) */
+    if (r->resp_body == GH_BODY_LENGTH && r->resp_remaining >= GH_SPLICE_MIN && gh__splice_start(r))
+        return;
     if (gh_stream_read_start(uc->stream) != 0) {
         fail(r, 502);
         return;
     }
     if (uc->len > r->uc_consumed)
         process_response(r);
+}
+
+void gh__proxy_splice_done(gh_req_t *r, enum gh_splice_end why)
+{
+    switch (why) {
+    case GH_SPLICE_DONE:
+        r->resp_done = true;
+        finish_response(r);
+        return;
+    case GH_SPLICE_UPSTREAM_ENDED:
+    case GH_SPLICE_UPSTREAM_FAILED:
+        gh_log_warn("request %s: upstream %s ended the response early", r->request_id,
+                    r->srv ? r->srv->conf->authority : "?");
+        fail(r, 502);
+        return;
+    case GH_SPLICE_CLIENT_GONE:
+        r->status = 499; /* as gh__proxy_client_eof */
+        gh__conn_abort(r->conn);
+        return;
+    case GH_SPLICE_CLIENT_FAILED:
+        r->status = r->status ? r->status : 499; /* as client_written */
+        gh__conn_abort(r->conn);
+        return;
+    }
 }
 
 /* Writes whatever the response has gathered: the head if not yet sent and

@@ -93,6 +93,11 @@ enum { GH_TCP_RD_OFF, GH_TCP_RD_ON, GH_TCP_RD_PAUSED /* libuv still reads */ };
 /* Initialises s on loop; the caller then accepts into s->tcp or connects. */
 int gh_tcp_stream_init(gh_tcp_stream_t *s, uv_loop_t *loop);
 int gh_tcp_stream_connect(gh_tcp_stream_t *s, const struct sockaddr *addr, gh_connect_cb cb);
+/* The socket of s, when s is plain TCP with no write queued, with reading
+ * stopped for real, so that the caller may move bytes on it directly until
+ * s reads or writes again (watching a dup of it: libuv keeps the socket's
+ * own descriptor). -1 when s is another carrier or busy. */
+int gh_tcp_stream_take_fd(gh_stream_t *s);
 /* Before uv_loop_close of a loop that carried TCP streams, on its thread:
  * runs the write completions still waiting and closes the handles that run
  * them (the loop is run once, without waiting). */

@@ -221,6 +221,27 @@ static size_t tcp_wqs(const gh_stream_t *s)
     return TCP_OF(s)->tcp.write_queue_size;
 }
 
+static const gh_stream_ops_t tcp_ops;
+
+int gh_tcp_stream_take_fd(gh_stream_t *s)
+{
+    if (s->ops != &tcp_ops || s->closing)
+        return -1;
+    gh_tcp_stream_t *t = TCP_OF(s);
+    if (t->queued || t->tcp.write_queue_size)
+        return -1;
+    if (t->rd != GH_TCP_RD_OFF) {
+        uv_read_stop((uv_stream_t *)&t->tcp);
+        t->rd = GH_TCP_RD_OFF;
+    }
+    /* (a write that just completed may still have libuv watching for
+     * room until its callback returns: harmless, it asks nothing more) */
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&t->tcp, &fd) != 0)
+        return -1;
+    return fd;
+}
+
 static const gh_stream_ops_t tcp_ops = {
     .read_start = tcp_read_start,
     .read_stop = tcp_read_stop,

@@ -5,14 +5,15 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
 import time
 
 import pytest
 
-from harness import (Conn, Truncated, binary_has_asan, build_request, data_of, read_events,
-                     request, websocket_echo_exchange)
+from harness import (Conn, Truncated, binary_has_asan, build_request, data_of, free_port,
+                     read_events, request, websocket_echo_exchange)
 from pattern import MAX_SLICE, pattern, pattern_pieces
 
 BIG = int(os.environ.get("GH_BIG_BYTES", str(2 << 30)))
@@ -242,4 +243,131 @@ def test_big_upload_in_bounded_memory(gatehouse, aio):
     assert r.status == 200, r
     assert r.json()["bytes"] == BIG
     assert r.json()["sha256"] == h.hexdigest()
+    check_growth(gh, base_rss, base_hwm, s.samples)
+
+
+# ------------------------------------------------------------ long Content-Length bodies (splice)
+#
+# Between two plain TCP sockets, the rest of a long Content-Length body is
+# passed inside the kernel. These tests hold that path to what the buffered
+# one promises: whole bodies, a connection that goes on, backpressure,
+# prompt cuts either way; gatehouse_bytes_spliced_total shows it was taken.
+
+SPLICED = 8 << 20
+
+
+def is_pattern(body, offset=0):
+    return all(body[i:i + MAX_SLICE] == pattern(offset + i, min(MAX_SLICE, len(body) - i))
+               for i in range(0, len(body), MAX_SLICE))
+
+
+def spliced_total(admin_port):
+    r = request(admin_port, target="/metrics", timeout=10)
+    assert r.status == 200, r
+    m = re.search(r"(?m)^gatehouse_bytes_spliced_total (\d+)$", r.body.decode())
+    assert m, "no gatehouse_bytes_spliced_total in /metrics"
+    return int(m.group(1))
+
+
+@pytest.fixture
+def splice_gh(gatehouse, aio):
+    admin_port = free_port()
+    gh = gatehouse({"admin": {"address": f"127.0.0.1:{admin_port}"},
+                    "timeouts": {"stream_idle": "2s"},
+                    "routes": [{"host": "*", "upstream": aio.url}]})
+    gh.admin_port = admin_port
+    return gh
+
+
+def test_long_body_is_spliced_whole_and_both_connections_go_on(splice_gh):
+    before = spliced_total(splice_gh.admin_port)
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("GET", "/connid"))
+        first = c.read_response(timeout=10).json()
+        c.send(build_request("GET", f"/big?size={SPLICED}&cl=1"))
+        r = c.read_response(timeout=60)
+        assert r.status == 200 and r.complete, r
+        assert r.header("content-length") == str(SPLICED)
+        assert len(r.body) == SPLICED and is_pattern(r.body)
+        c.send(build_request("GET", "/connid"))
+        after = c.read_response(timeout=10).json()
+    # the client connection served the next request, and the upstream
+    # connection went back to the pool and was used again
+    assert after["peer"] == first["peer"], (first, after)
+    assert after["requests_on_conn"] == first["requests_on_conn"] + 1, (first, after)
+    moved = spliced_total(splice_gh.admin_port) - before
+    assert SPLICED - (128 << 10) <= moved <= SPLICED, f"{moved} of {SPLICED} bytes spliced"
+
+
+def test_pipelined_request_after_a_spliced_body_is_answered_in_order(splice_gh):
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("GET", f"/big?size={SPLICED}&cl=1") + build_request("GET", "/echo?after=1"))
+        r = c.read_response(timeout=60)
+        assert r.status == 200 and r.complete and len(r.body) == SPLICED and is_pattern(r.body), r
+        r2 = c.read_response(timeout=10)
+    assert r2.status == 200, r2
+    assert b"after=1" in r2.body, r2
+
+
+@pytest.mark.parametrize("cl", ["1", "0"], ids=["content-length", "chunked"])
+def test_client_gone_mid_body_cuts_the_upstream_at_once(splice_gh, cl):
+    # the upstream stops for 6 s after 1 MiB; the client reads 512 KiB and
+    # hangs up: the request ends (its access log line is written) within
+    # about a second, not when the upstream goes on or stream_idle runs out
+    target = f"/big?size={SPLICED}&cl={cl}&pause_at={1 << 20}&pause=6"
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("GET", target))
+        head = c.read_head()
+        assert head.status == 200, head
+        got = 0
+        for piece in c.iter_body(head, timeout=20):
+            got += len(piece)
+            if got >= 512 << 10:
+                break
+        t0 = time.monotonic()
+    for _ in range(60):
+        lines = [ln for ln in splice_gh.log_lines() if ln.get("path", "").startswith("/big")]
+        if lines:
+            break
+        time.sleep(0.05)
+    waited = time.monotonic() - t0
+    assert lines, "no access log line for the request 3 s after the client left"
+    assert waited < 1.5, f"the request ended {waited:.1f} s after the client left"
+    assert lines[-1]["bytes_out"] < SPLICED, lines[-1]
+
+
+def test_stream_idle_cuts_a_stalled_long_body(splice_gh):
+    target = f"/big?size={SPLICED}&cl=1&pause_at={1 << 20}&pause=5"
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("GET", target))
+        t0 = time.monotonic()
+        r = c.read_response(timeout=20)
+        took = time.monotonic() - t0
+    assert r.status == 200, r
+    assert not r.complete, "a body that stalled past stream_idle reached the client as complete"
+    assert len(r.body) == 1 << 20 and is_pattern(r.body)
+    assert took < 4.5, f"cut after {took:.1f} s (stream_idle 2s, the upstream paused 5 s)"
+
+
+@pytest.mark.big
+def test_big_content_length_download_to_a_slow_reader_in_bounded_memory(gatehouse, aio):
+    gh = gatehouse({"routes": [{"host": "*", "upstream": aio.url}]})
+    warm = request(gh.port, target="/big?size=4194304&cl=1", timeout=30)
+    assert warm.status == 200 and warm.complete
+    base_rss, base_hwm = gh.rss_kb(), gh.hwm_kb()
+    off = 0
+    stalls = [BIG // 4, BIG // 2]
+    with RssSampler(gh) as s, Conn(gh.port, timeout=60) as c:
+        c.send(build_request("GET", f"/big?size={BIG}&cl=1"))
+        head = c.read_head()
+        assert head.status == 200, head
+        assert head.header("content-length") == str(BIG), head
+        for piece in c.iter_body(head, timeout=big_timeout()):
+            if piece != pattern(off, len(piece)):
+                pytest.fail(f"downloaded bytes differ near offset {off}")
+            off += len(piece)
+            if stalls and off >= stalls[0]:
+                stalls.pop(0)
+                time.sleep(1.0)     # a slow reader: the backend must be held back, not buffered
+    assert off == BIG
     check_growth(gh, base_rss, base_hwm, s.samples)

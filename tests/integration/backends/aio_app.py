@@ -181,11 +181,18 @@ async def big(request):
     else:
         resp.enable_chunked_encoding()
     await resp.prepare(request)
+    # pause_at / pause: the body stops for pause seconds at that offset
+    pause_at = int(request.query.get("pause_at", "-1"))
+    pause = float(request.query.get("pause", "0"))
     off = 0 if request.method != "HEAD" else size    # a HEAD response has no body
     while off < size:
         n = min(PIECE, size - off)
+        if off < pause_at < off + n:
+            n = pause_at - off
         await resp.write(pattern(off, n))
         off += n
+        if off == pause_at:
+            await asyncio.sleep(pause)
     await resp.write_eof()
     return resp
 
