@@ -50,6 +50,7 @@ METRICS = [
     ("small", "p99_ms", "small responses, keep-alive, {conns} conns", "p99 latency ms", "lower", "ms"),
     ("small", "cpu_us", "small responses, keep-alive, {conns} conns", "proxy CPU us per request", "lower", "ms"),
     ("large", "mibps", "10 MiB bodies, {large_conns} conns", "MiB/s", "higher", "int"),
+    ("large", "cpu_s_per_gib", "10 MiB bodies, {large_conns} conns", "proxy CPU s per GiB", "lower", "ms"),
     ("close", "rps", "new connection per request, {conns} conns", "connections/s", "higher", "int"),
     ("close", "cpu_us", "new connection per request, {conns} conns", "proxy CPU us per connection", "lower", "ms"),
     ("bound", "rps", "small responses, keep-alive, {conns} conns, proxy held to {bound_pct}% of a core", "requests/s", "higher", "int"),
@@ -386,6 +387,9 @@ def parse_wrk(text):
         out["p99_ms"] = float(m.group(1)) * TIME_MS[m.group(2)]
     m = re.search(r"(\d+) requests in", text)
     out["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"requests in [\d.]+\w*, ([\d.]+)([KMGT]?B) read", text)
+    if m:
+        out["bytes"] = float(m.group(1)) * SIZE[m.group(2)]
     errors = []
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m and any(int(x) for x in m.groups()):
@@ -408,6 +412,8 @@ def cmd_record_wrk(a):
         note = "; ".join(x for x in (note, a.extra_note) if x)
     if a.cpu is not None and w.get("requests"):
         w["cpu_us"] = a.cpu * 1e6 / w["requests"]
+    if a.cpu is not None and w.get("bytes"):
+        w["cpu_s_per_gib"] = a.cpu / (w["bytes"] / 1024 ** 3)
     if not w.get("requests"):
         for metric in a.metrics.split(","):
             record(a.results, a.round, a.scenario, a.target, metric, None, note or "wrk made no request")
