@@ -217,6 +217,9 @@ bool gh__splice_start(gh_req_t *r)
     }
     sp->handles = 2;
     sp->r = r;
+    /* the read buffer is empty and not needed until the body is through */
+    gh__buf_put(uc->buf);
+    uc->buf = NULL;
     pump(sp);
     return true;
 no:
