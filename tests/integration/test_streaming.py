@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from harness import (Conn, Truncated, binary_has_asan, build_request, data_of, free_port,
-                     read_events, request, websocket_echo_exchange)
+                     read_events, request, wait_until, websocket_echo_exchange)
 from pattern import MAX_SLICE, pattern, pattern_pieces
 
 BIG = int(os.environ.get("GH_BIG_BYTES", str(2 << 30)))
@@ -371,3 +372,38 @@ def test_big_content_length_download_to_a_slow_reader_in_bounded_memory(gatehous
                 time.sleep(1.0)     # a slow reader: the backend must be held back, not buffered
     assert off == BIG
     check_growth(gh, base_rss, base_hwm, s.samples)
+
+
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+def test_spliced_body_survives_reload_and_graceful_stop(gatehouse, aio, sig):
+    # the signal lands while the body is being spliced (the upstream pauses
+    # 1 s after 1 MiB); the body still arrives whole, and a SIGTERM'd
+    # gatehouse exits 0 once it has
+    admin_port = free_port()
+    gh = gatehouse({"admin": {"address": f"127.0.0.1:{admin_port}"},
+                    "timeouts": {"shutdown": "20s"},
+                    "routes": [{"host": "*", "upstream": aio.url}]})
+    before = spliced_total(admin_port)
+    with Conn(gh.port, timeout=30) as c:
+        c.send(build_request("GET", f"/big?size={SPLICED}&cl=1&pause_at={1 << 20}&pause=1"))
+        head = c.read_head()
+        assert head.status == 200, head
+        body = bytearray()
+        signalled = False
+        for piece in c.iter_body(head, timeout=30):
+            body += piece
+            if not signalled and len(body) >= 512 << 10:
+                gh.signal(getattr(signal, sig))
+                signalled = True
+        assert len(body) == SPLICED and is_pattern(bytes(body))
+        if sig == "SIGHUP":
+            # (counted when the request ends; the admin listener is shut at a SIGTERM)
+            assert wait_until(lambda: spliced_total(admin_port) - before >= SPLICED - (128 << 10),
+                              5, 0.05), "the body did not take the splice path"
+            c.send(build_request("GET", "/echo?after=reload"))
+            r = c.read_response(timeout=10)
+            assert r.status == 200 and b"after=reload" in r.body, r
+    if sig == "SIGTERM":
+        assert gh.stop(timeout=15) == 0
+    else:
+        assert gh.alive()
