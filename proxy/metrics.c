@@ -733,7 +733,7 @@ static void render_requests(gh_obuf_t *b)
                       "gatehouse_bytes_total{direction=\"out\"} %llu\n",
                    (unsigned long long)m->bytes_in, (unsigned long long)m->bytes_out);
     family(b, "gatehouse_bytes_spliced_total", "counter",
-           "Of the bytes out, response body bytes passed from upstream to client inside the kernel (splice).");
+           "Body bytes passed between client and upstream inside the kernel (splice), both ways; also in gatehouse_bytes_total.");
     gh_obuf_printf(b, "gatehouse_bytes_spliced_total %llu\n", (unsigned long long)m->bytes_spliced);
     copy_free(&sum);
 }

@@ -223,8 +223,8 @@ struct gh_req {
     uint64_t resp_remaining;/* GH_BODY_LENGTH: response bytes still to come */
     bool uc_keep_alive;     /* the upstream allows reuse after this response */
     uint64_t bytes_in, bytes_out;
-    uint64_t bytes_spliced; /* of bytes_out, moved by splice (proxy/splice.c) */
-    struct gh_splice *splice; /* while it moves the response body */
+    uint64_t bytes_spliced; /* of bytes_in and bytes_out, moved by splice (proxy/splice.c) */
+    struct gh_splice *splice; /* while it moves a body */
 
     gh_upstream_t *up;
     gh_upserver_t *srv;

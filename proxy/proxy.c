@@ -6,8 +6,9 @@
  * Bodies are re-framed on the way through: Content-Length bodies pass as
  * zero-copy spans of the read buffer, chunked bodies are decoded by llhttp
  * and written again as clean chunks. The rest of a long Content-Length
- * response body between two plain TCP sockets is handed to splice.c once
- * what was read with the head has been written. */
+ * body between two plain TCP sockets is handed to splice.c: a response's
+ * once what was read with its head has been written, a request's once what
+ * was read with its head has gone upstream. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -244,6 +245,11 @@ static void upstream_written(gh_write_req_t *w, int status)
     r->uhead_sent = true;
     gh_conn_t *c = r->conn;
     pump_request(r);
+    /* the rest of a long Content-Length upload between two plain TCP
+     * sockets goes on inside the kernel (proxy/splice.c) */
+    if (c->req == r && !r->upstream_writing && r->body_remaining >= GH_SPLICE_MIN &&
+        gh__splice_upload_start(r))
+        return;
     if (c->req == r)
         gh__conn_update_read(c);
 }
@@ -427,12 +433,27 @@ static void client_written(gh_write_req_t *w, int status)
         process_response(r);
 }
 
-void gh__proxy_splice_done(gh_req_t *r, enum gh_splice_end why)
+void gh__proxy_splice_done(gh_req_t *r, bool upload, enum gh_splice_end why)
 {
     switch (why) {
     case GH_SPLICE_DONE:
-        r->resp_done = true;
-        finish_response(r);
+    case GH_SPLICE_HANDED_BACK:
+        if (!upload) {
+            r->resp_done = true;
+            finish_response(r);
+            return;
+        }
+        /* on as if the body had gone the buffered way: the upstream is read
+         * again (for its answer), and what is left of the body is sent */
+        if (r->body_remaining == 0)
+            r->req_body_done = true;
+        if (gh_stream_read_start(r->uc->stream) != 0) {
+            fail(r, 502);
+            return;
+        }
+        pump_request(r);
+        if (r->conn->req == r)
+            gh__conn_update_read(r->conn);
         return;
     case GH_SPLICE_UPSTREAM_ENDED:
     case GH_SPLICE_UPSTREAM_FAILED:

@@ -81,23 +81,27 @@ void gh__proxy_client_eof(gh_req_t *r);
 void gh__proxy_release(gh_req_t *r);     /* the client side is going away */
 void gh__proxy_timeout(gh_req_t *r, enum gh_deadline d);
 
-/* splice.c: Content-Length response bodies moved by splice(2) when both
- * ends are plain TCP (GH_SPLICE_MIN bytes or more still to come). */
+/* splice.c: Content-Length bodies moved by splice(2) when both ends are
+ * plain TCP (GH_SPLICE_MIN bytes or more still to come). */
 #define GH_SPLICE_MIN (128 * 1024)
 enum gh_splice_end {
-    GH_SPLICE_DONE,             /* the whole body reached the client */
-    GH_SPLICE_UPSTREAM_ENDED,   /* the upstream closed before the end */
+    GH_SPLICE_DONE,             /* the whole body went through */
+    GH_SPLICE_UPSTREAM_ENDED,   /* a response: the upstream closed before the end */
     GH_SPLICE_UPSTREAM_FAILED,
     GH_SPLICE_CLIENT_FAILED,    /* a write to the client failed */
     GH_SPLICE_CLIENT_GONE,      /* the client hung up */
+    GH_SPLICE_HANDED_BACK,      /* an upload: the upstream answered or failed;
+                                   the rest goes the buffered way */
 };
 /* Takes the rest of r's response body over if it can; false: go on with
  * the buffered path. */
 bool gh__splice_start(gh_req_t *r);
+/* The same for the rest of r's request body. */
+bool gh__splice_upload_start(gh_req_t *r);
 /* Stops it (its handles close; the TCP handles may be used at once). */
 void gh__splice_end(gh_req_t *r);
 /* proxy.c: where a body that splice.c took over ended. */
-void gh__proxy_splice_done(gh_req_t *r, enum gh_splice_end why);
+void gh__proxy_splice_done(gh_req_t *r, bool upload, enum gh_splice_end why);
 
 /* upstream.c: server choice, pools and connections. */
 typedef void (*gh_uconn_ready_cb)(gh_req_t *r, gh_uconn_t *uc, int status);

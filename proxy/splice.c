@@ -1,22 +1,28 @@
-/* Response bodies moved inside the kernel: upstream socket -> pipe ->
- * client socket with splice(2), never copied into user space.
+/* Bodies moved inside the kernel: socket -> pipe -> socket with splice(2),
+ * never copied into user space. Both directions:
  *
- * Taken for a Content-Length body with at least GH_SPLICE_MIN bytes still to
- * come when both ends are plain TCP, once everything read so far has been
- * written to the client and the whole request has gone upstream. Both libuv
- * TCP handles are then stopped for real (no read, no queued write), so their
- * handles ask nothing of the loop, and two uv_poll handles of our own watch
- * duplicates of the two sockets (a descriptor of its own for each, so libuv
- * never sees two watchers on one). When the body is through, the poll
- * handles are closed, which takes the duplicates out of epoll at once,
- * then the duplicates, and the TCP handles go on as before: the client
- * connection for its next request, the upstream one back to its pool.
+ *  - a response: the rest of a Content-Length body with at least
+ *    GH_SPLICE_MIN bytes to come, once what was read with the head has been
+ *    written to the client;
+ *  - a request (an upload): the rest of a Content-Length body with at least
+ *    GH_SPLICE_MIN bytes to come, once the head and what was read with it
+ *    have gone upstream, as long as the upstream has not begun to answer.
  *
- * Backpressure is the buffered path's: the upstream is read only while the
- * pipe is empty, so a connection holds at most one pipe of body (GH_SPLICE_PIPE,
- * kernel memory) whatever the size of the body. The client socket is also
- * watched for a hang-up while the upstream is slow, so a client that goes
- * away cuts the upstream at once, as on the buffered path. */
+ * Only when both ends are plain TCP. Both libuv TCP handles are then
+ * stopped for real (no read, no queued write), so they ask nothing of the
+ * loop, and two uv_poll handles of our own watch duplicates of the two
+ * sockets (a descriptor of its own for each, so libuv never sees two
+ * watchers on one). When the body is through, the poll handles are closed,
+ * which takes the duplicates out of epoll at once, then the duplicates, and
+ * the TCP handles go on as before.
+ *
+ * Backpressure is the buffered path's: the source is read only while the
+ * pipe is empty, so a body holds at most one pipe (GH_SPLICE_PIPE, kernel
+ * memory) whatever its size. The client is watched for a hang-up while the
+ * upstream is slow, so a client that goes away cuts the upstream at once; an
+ * upstream that answers (or fails) in the middle of an upload hands the
+ * upload back to the buffered path, with what the pipe held, which then
+ * does what it always does. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -33,12 +39,14 @@
 
 struct gh_splice {
     gh_req_t *r;            /* NULL once ended (the poll handles are closing) */
-    uv_poll_t up, cl;
+    bool upload;            /* client -> upstream; else upstream -> client */
+    uv_poll_t src, dst;
     int pfd[2];             /* the pipe: read end, write end */
-    int up_fd, cl_fd;       /* duplicates of the sockets */
+    int src_fd, dst_fd;     /* duplicates of the sockets */
     size_t in_pipe;         /* bytes in the pipe */
-    size_t cap;             /* the pipe's capacity */
-    int up_events, cl_events; /* what each poll handle waits for now */
+    size_t cap;             /* the most the pipe is given at once */
+    uint64_t left;          /* body bytes still to read from the source */
+    int src_events, dst_events; /* what each poll handle waits for now */
     int handles;            /* poll handles not yet closed */
 };
 
@@ -61,10 +69,10 @@ static void end(struct gh_splice *sp)
     /* uv_close takes each duplicate out of epoll before it returns; only
      * then may the duplicate be closed (epoll keys on the open file: a
      * descriptor closed while registered would stay in its set) */
-    uv_close((uv_handle_t *)&sp->up, handle_closed);
-    uv_close((uv_handle_t *)&sp->cl, handle_closed);
-    close(sp->up_fd);
-    close(sp->cl_fd);
+    uv_close((uv_handle_t *)&sp->src, handle_closed);
+    uv_close((uv_handle_t *)&sp->dst, handle_closed);
+    close(sp->src_fd);
+    close(sp->dst_fd);
 }
 
 void gh__splice_end(gh_req_t *r)
@@ -76,30 +84,48 @@ void gh__splice_end(gh_req_t *r)
 static void finish(struct gh_splice *sp, enum gh_splice_end why)
 {
     gh_req_t *r = sp->r;
+    if (why == GH_SPLICE_HANDED_BACK && sp->in_pipe) {
+        /* what the pipe holds goes back to the connection's buffer (never
+         * more than its room: see pump), for the buffered path to send */
+        gh_conn_t *c = r->conn;
+        ssize_t n = read(sp->pfd[0], c->buf + c->len, sp->in_pipe);
+        if (n != (ssize_t)sp->in_pipe)
+            why = GH_SPLICE_CLIENT_FAILED;
+        else
+            c->len += (size_t)n;
+        sp->in_pipe = 0;
+    }
+    bool upload = sp->upload;
     end(sp);
-    gh__proxy_splice_done(r, why);
+    gh__proxy_splice_done(r, upload, why);
 }
 
-static void up_ready(uv_poll_t *h, int status, int events)
+static void src_ready(uv_poll_t *h, int status, int events)
 {
     struct gh_splice *sp = h->data;
     (void)events;
     if (!sp->r)
         return;
     if (status < 0) {
-        finish(sp, GH_SPLICE_UPSTREAM_FAILED);
+        finish(sp, sp->upload ? GH_SPLICE_CLIENT_GONE : GH_SPLICE_UPSTREAM_FAILED);
         return;
     }
     pump(sp);
 }
 
-static void cl_ready(uv_poll_t *h, int status, int events)
+static void dst_ready(uv_poll_t *h, int status, int events)
 {
     struct gh_splice *sp = h->data;
     if (!sp->r)
         return;
-    if (status < 0 || (events & UV_DISCONNECT)) {
-        /* hung up, or reset (unread bytes made its close a RST) */
+    if (sp->upload) {
+        /* the upstream answers, closed or failed: the buffered path sees to it */
+        if (status < 0 || (events & UV_READABLE)) {
+            finish(sp, GH_SPLICE_HANDED_BACK);
+            return;
+        }
+    } else if (status < 0 || (events & UV_DISCONNECT)) {
+        /* the client hung up, or reset (unread bytes made its close a RST) */
         finish(sp, GH_SPLICE_CLIENT_GONE);
         return;
     }
@@ -115,59 +141,146 @@ static int watch(uv_poll_t *h, int *now, int want, uv_poll_cb cb)
 }
 
 /* Moves what can be moved now, then waits for the side that is behind: the
- * client when the pipe holds bytes, else the upstream. */
+ * destination when the pipe holds bytes, else the source. */
 static void pump(struct gh_splice *sp)
 {
     gh_req_t *r = sp->r;
     size_t moved = 0;
-    bool wait_client = false;
+    bool wait_dst = false;
     for (;;) {
         if (sp->in_pipe > 0) {
-            ssize_t n = splice(sp->pfd[0], NULL, sp->cl_fd, NULL, sp->in_pipe,
+            ssize_t n = splice(sp->pfd[0], NULL, sp->dst_fd, NULL, sp->in_pipe,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0 && errno == EAGAIN) {
-                wait_client = true;
+                wait_dst = true;
                 break;
             }
             if (n <= 0) {
-                finish(sp, GH_SPLICE_CLIENT_FAILED);
+                finish(sp, sp->upload ? GH_SPLICE_HANDED_BACK : GH_SPLICE_CLIENT_FAILED);
                 return;
             }
             sp->in_pipe -= (size_t)n;
-            r->bytes_out += (uint64_t)n;
             r->bytes_spliced += (uint64_t)n;
+            if (sp->upload) {
+                r->bytes_in += (uint64_t)n;
+                r->body_bytes += (uint64_t)n;
+                r->body_remaining -= (uint64_t)n;
+            } else {
+                r->bytes_out += (uint64_t)n;
+                r->resp_remaining -= (uint64_t)n;
+            }
             moved += (size_t)n;
             continue;
         }
-        if (r->resp_remaining == 0) {
+        if (sp->left == 0) {
             finish(sp, GH_SPLICE_DONE);
             return;
         }
         if (moved >= GH_SPLICE_TURN)
-            break; /* the upstream is waited for below, and is readable */
-        size_t want = r->resp_remaining < sp->cap ? (size_t)r->resp_remaining : sp->cap;
-        ssize_t n = splice(sp->up_fd, NULL, sp->pfd[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            break; /* the source is waited for below, and is readable */
+        size_t want = sp->left < sp->cap ? (size_t)sp->left : sp->cap;
+        ssize_t n = splice(sp->src_fd, NULL, sp->pfd[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
             break;
         if (n <= 0) {
-            finish(sp, n == 0 ? GH_SPLICE_UPSTREAM_ENDED : GH_SPLICE_UPSTREAM_FAILED);
+            if (sp->upload)
+                finish(sp, GH_SPLICE_CLIENT_GONE);
+            else
+                finish(sp, n == 0 ? GH_SPLICE_UPSTREAM_ENDED : GH_SPLICE_UPSTREAM_FAILED);
             return;
         }
         sp->in_pipe += (size_t)n;
-        r->resp_remaining -= (uint64_t)n;
+        sp->left -= (uint64_t)n;
     }
     if (moved)
         r->conn->last_io = uv_now(r->conn->server->loop);
-    /* The client is watched for a hang-up all along; for room only while
-     * the pipe holds bytes. The upstream only while the pipe is empty: a
-     * full pipe would make a readable upstream wake the loop for nothing. */
-    if (watch(&sp->up, &sp->up_events, wait_client ? 0 : UV_READABLE, up_ready) != 0 ||
-        watch(&sp->cl, &sp->cl_events, UV_DISCONNECT | (wait_client ? UV_WRITABLE : 0), cl_ready) != 0)
-        finish(sp, GH_SPLICE_CLIENT_FAILED);
+    /* The source is watched only while the pipe is empty: a full pipe would
+     * make a readable source wake the loop for nothing. The destination for
+     * room while the pipe holds bytes, and all along: a client for a
+     * hang-up, an upstream for an answer. */
+    int dst = (wait_dst ? UV_WRITABLE : 0) | (sp->upload ? UV_READABLE : UV_DISCONNECT);
+    if (watch(&sp->src, &sp->src_events, wait_dst ? 0 : UV_READABLE, src_ready) != 0 ||
+        watch(&sp->dst, &sp->dst_events, dst, dst_ready) != 0)
+        finish(sp, sp->upload ? GH_SPLICE_HANDED_BACK : GH_SPLICE_CLIENT_FAILED);
+}
+
+static bool start(gh_req_t *r, bool upload)
+{
+    gh_conn_t *c = r->conn;
+    gh_uconn_t *uc = r->uc;
+    struct gh_splice *sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return false;
+    sp->upload = upload;
+    sp->pfd[0] = sp->pfd[1] = sp->src_fd = sp->dst_fd = -1;
+    /* the client connection stops reading (gh__conn_update_read sees
+     * r->splice), then both TCP handles let go of their sockets */
+    r->splice = sp;
+    gh__conn_update_read(c);
+    int cl = gh_tcp_stream_take_fd(c->stream);
+    int up = cl < 0 ? -1 : gh_tcp_stream_take_fd(uc->stream);
+    if (up < 0)
+        goto no;
+    sp->src_fd = fcntl(upload ? cl : up, F_DUPFD_CLOEXEC, 0);
+    sp->dst_fd = fcntl(upload ? up : cl, F_DUPFD_CLOEXEC, 0);
+    if (sp->src_fd < 0 || sp->dst_fd < 0 || pipe2(sp->pfd, O_NONBLOCK | O_CLOEXEC) != 0)
+        goto no;
+    (void)fcntl(sp->pfd[1], F_SETPIPE_SZ, GH_SPLICE_PIPE);
+    int cap = fcntl(sp->pfd[1], F_GETPIPE_SZ);
+    if (cap < GH_SPLICE_PIPE_MIN)
+        goto no;
+    sp->cap = (size_t)cap;
+    if (upload) {
+        /* an upload handed back puts the pipe's bytes in the connection's
+         * buffer, so the pipe never holds more than that buffer's room */
+        c->off = c->len = 0;
+        if (sp->cap > c->cap)
+            sp->cap = c->cap;
+        sp->left = r->body_remaining;
+    } else {
+        sp->left = r->resp_remaining;
+    }
+    uv_loop_t *loop = c->server->loop;
+    if (uv_poll_init_socket(loop, &sp->src, sp->src_fd) != 0)
+        goto no;
+    sp->src.data = sp->dst.data = sp;
+    if (uv_poll_init_socket(loop, &sp->dst, sp->dst_fd) != 0) {
+        /* the one handle made is closed, the rest undone here */
+        sp->handles = 1;
+        uv_close((uv_handle_t *)&sp->src, handle_closed);
+        r->splice = NULL;
+        close(sp->pfd[0]);
+        close(sp->pfd[1]);
+        close(sp->src_fd);
+        close(sp->dst_fd);
+        gh__conn_update_read(c);
+        return false;
+    }
+    sp->handles = 2;
+    sp->r = r;
+    if (!upload) {
+        /* the read buffer is empty and not needed until the body is through */
+        gh__buf_put(uc->buf);
+        uc->buf = NULL;
+    }
+    pump(sp);
+    return true;
+no:
+    r->splice = NULL;
+    for (int i = 0; i < 2; i++)
+        if (sp->pfd[i] >= 0)
+            close(sp->pfd[i]);
+    if (sp->src_fd >= 0)
+        close(sp->src_fd);
+    if (sp->dst_fd >= 0)
+        close(sp->dst_fd);
+    free(sp);
+    gh__conn_update_read(c);
+    return false;
 }
 
 bool gh__splice_start(gh_req_t *r)
@@ -178,67 +291,29 @@ bool gh__splice_start(gh_req_t *r)
         !r->req_sent || r->upstream_writing || r->client_writing || !uc || uc->len != 0 ||
         r->splice || c->state == GH_C_CLOSING)
         return false;
-    struct gh_splice *sp = calloc(1, sizeof *sp);
-    if (!sp)
+    return start(r, false);
+}
+
+bool gh__splice_upload_start(gh_req_t *r)
+{
+    gh_conn_t *c = r->conn;
+    gh_uconn_t *uc = r->uc;
+    if (!r->has_body || r->body_chunked || r->req_body_done || r->body_remaining < GH_SPLICE_MIN ||
+        !r->uhead_sent || r->upstream_writing || r->phase != GH_R_SENDING || r->resp_head_parsed ||
+        !uc || uc->len != 0 || !c->buf || c->len != c->off || r->splice || c->state == GH_C_CLOSING)
         return false;
-    sp->pfd[0] = sp->pfd[1] = sp->up_fd = sp->cl_fd = -1;
-    /* the client connection stops reading (gh__conn_update_read sees
-     * r->splice), then both TCP handles let go of their sockets */
-    r->splice = sp;
-    gh__conn_update_read(c);
-    int cl = gh_tcp_stream_take_fd(c->stream);
-    int up = cl < 0 ? -1 : gh_tcp_stream_take_fd(uc->stream);
-    if (up < 0)
-        goto no;
-    sp->cl_fd = fcntl(cl, F_DUPFD_CLOEXEC, 0);
-    sp->up_fd = fcntl(up, F_DUPFD_CLOEXEC, 0);
-    if (sp->cl_fd < 0 || sp->up_fd < 0 || pipe2(sp->pfd, O_NONBLOCK | O_CLOEXEC) != 0)
-        goto no;
-    (void)fcntl(sp->pfd[1], F_SETPIPE_SZ, GH_SPLICE_PIPE);
-    int cap = fcntl(sp->pfd[1], F_GETPIPE_SZ);
-    if (cap < GH_SPLICE_PIPE_MIN)
-        goto no;
-    sp->cap = (size_t)cap;
-    uv_loop_t *loop = c->server->loop;
-    if (uv_poll_init_socket(loop, &sp->up, sp->up_fd) != 0)
-        goto no;
-    sp->up.data = sp->cl.data = sp;
-    if (uv_poll_init_socket(loop, &sp->cl, sp->cl_fd) != 0) {
-        /* the one handle made is closed, the rest undone here */
-        sp->handles = 1;
-        uv_close((uv_handle_t *)&sp->up, handle_closed);
-        r->splice = NULL;
-        close(sp->pfd[0]);
-        close(sp->pfd[1]);
-        close(sp->up_fd);
-        close(sp->cl_fd);
-        gh__conn_update_read(c);
-        return false;
-    }
-    sp->handles = 2;
-    sp->r = r;
-    /* the read buffer is empty and not needed until the body is through */
-    gh__buf_put(uc->buf);
-    uc->buf = NULL;
-    pump(sp);
-    return true;
-no:
-    r->splice = NULL;
-    for (int i = 0; i < 2; i++)
-        if (sp->pfd[i] >= 0)
-            close(sp->pfd[i]);
-    if (sp->up_fd >= 0)
-        close(sp->up_fd);
-    if (sp->cl_fd >= 0)
-        close(sp->cl_fd);
-    free(sp);
-    gh__conn_update_read(c);
-    return false;
+    return start(r, true);
 }
 
 #else /* no splice(2) */
 
 bool gh__splice_start(gh_req_t *r)
+{
+    (void)r;
+    return false;
+}
+
+bool gh__splice_upload_start(gh_req_t *r)
 {
     (void)r;
     return false;

@@ -407,3 +407,57 @@ def test_spliced_body_survives_reload_and_graceful_stop(gatehouse, aio, sig):
         assert gh.stop(timeout=15) == 0
     else:
         assert gh.alive()
+
+
+def test_long_upload_is_spliced_whole_and_the_connection_goes_on(splice_gh):
+    body_len = SPLICED
+    h = hashlib.sha256()
+    before = spliced_total(splice_gh.admin_port)
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("POST", "/upload", headers=[("Content-Length", str(body_len))]))
+        for piece in pattern_pieces(body_len, MAX_SLICE):
+            c.send(piece)
+            h.update(piece)
+        r = c.read_response(timeout=30)
+        assert r.status == 200, r
+        assert r.json()["bytes"] == body_len and r.json()["sha256"] == h.hexdigest(), r.json()
+        c.send(build_request("GET", "/echo?after=upload"))
+        r2 = c.read_response(timeout=10)
+        assert r2.status == 200 and b"after=upload" in r2.body, r2
+    moved = spliced_total(splice_gh.admin_port) - before
+    assert body_len - (128 << 10) <= moved <= body_len, f"{moved} of {body_len} bytes spliced"
+
+
+def test_upload_refused_part_way_gets_the_upstreams_answer(splice_gh):
+    # the upstream reads 1 MiB of an 8 MiB upload, answers 413 and closes
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("POST", f"/early?code=413&read={1 << 20}",
+                             headers=[("Content-Length", str(SPLICED))]))
+        try:
+            for piece in pattern_pieces(SPLICED, MAX_SLICE):
+                c.send(piece)
+        except OSError:
+            pass    # gatehouse may stop reading and close once the answer is through
+        r = c.read_response(timeout=20)
+    assert r.status == 413, r
+    assert r.json()["read"] == 1 << 20, r
+
+
+def test_client_gone_mid_upload_cuts_the_upstream(splice_gh):
+    # the client sends 2 MiB of an 8 MiB upload and leaves: the request ends
+    # (its log line) within about a second, not at stream_idle or later
+    with Conn(splice_gh.port, timeout=30) as c:
+        c.send(build_request("POST", "/upload", headers=[("Content-Length", str(SPLICED))]))
+        for piece in pattern_pieces(2 << 20, MAX_SLICE):
+            c.send(piece)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+    for _ in range(60):
+        lines = [ln for ln in splice_gh.log_lines() if ln.get("path", "").startswith("/upload")]
+        if lines:
+            break
+        time.sleep(0.05)
+    waited = time.monotonic() - t0
+    assert lines, "no access log line for the upload 3 s after the client left"
+    assert waited < 1.5, f"the request ended {waited:.1f} s after the client left"
+    assert lines[-1]["status"] == 499, lines[-1]

@@ -212,6 +212,18 @@ async def status(request):
     return web.Response(status=code, text=f"status {code}\n", headers=_hdr())
 
 
+async def early(request):
+    """Answers `code` after reading only `read` bytes of the body (an upload
+    refused part way), then closes."""
+    code = int(request.query.get("code", "413"))
+    n = int(request.query.get("read", "0"))
+    if n:
+        await request.content.readexactly(n)
+    resp = web.json_response({"early": code, "read": n, "server": NAME}, status=code, headers=_hdr())
+    resp.force_close()
+    return resp
+
+
 async def close(request):
     await _read_body(request)
     resp = web.Response(text="closing\n", headers=_hdr())
@@ -254,6 +266,7 @@ def make_app():
     app.router.add_route("*", "/upload", upload)
     app.router.add_route("*", r"/status/{code:\d{3}}", status)
     app.router.add_route("*", "/close", close)
+    app.router.add_route("*", "/early", early)
     app.router.add_route("*", "/connid", connid)
     app.router.add_route("*", "/hop", hop)
     app.router.add_route("*", "/{tail:.*}", echo)
