@@ -51,6 +51,8 @@ METRICS = [
     ("small", "cpu_us", "small responses, keep-alive, {conns} conns", "proxy CPU us per request", "lower", "ms"),
     ("large", "mibps", "10 MiB bodies, {large_conns} conns", "MiB/s", "higher", "int"),
     ("large", "cpu_s_per_gib", "10 MiB bodies, {large_conns} conns", "proxy CPU s per GiB", "lower", "ms"),
+    ("upload", "up_mibps", "10 MiB uploads, {large_conns} conns", "MiB/s sent", "higher", "int"),
+    ("upload", "cpu_s_per_gib", "10 MiB uploads, {large_conns} conns", "proxy CPU s per GiB", "lower", "ms"),
     ("close", "rps", "new connection per request, {conns} conns", "connections/s", "higher", "int"),
     ("close", "cpu_us", "new connection per request, {conns} conns", "proxy CPU us per connection", "lower", "ms"),
     ("bound", "rps", "small responses, keep-alive, {conns} conns, proxy held to {bound_pct}% of a core", "requests/s", "higher", "int"),
@@ -412,6 +414,11 @@ def cmd_record_wrk(a):
         note = "; ".join(x for x in (note, a.extra_note) if x)
     if a.cpu is not None and w.get("requests"):
         w["cpu_us"] = a.cpu * 1e6 / w["requests"]
+    if a.body_bytes:
+        # uploads: what counts is what wrk sent, a body per request
+        w["bytes"] = w.get("requests", 0) * a.body_bytes
+        if w.get("rps") is not None:
+            w["up_mibps"] = w["rps"] * a.body_bytes / 1024 ** 2
     if a.cpu is not None and w.get("bytes"):
         w["cpu_s_per_gib"] = a.cpu / (w["bytes"] / 1024 ** 3)
     if not w.get("requests"):
@@ -1110,6 +1117,7 @@ def main():
         s.add_argument(name)
     s.add_argument("--extra-note", default=None)
     s.add_argument("--cpu", type=float, default=None, help="proxy CPU seconds during the run")
+    s.add_argument("--body-bytes", type=int, default=0, help="request body bytes per request (uploads)")
     s.set_defaults(f=cmd_record_wrk)
 
     s = sub.add_parser("record-callgrind")
