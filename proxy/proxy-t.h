@@ -225,6 +225,7 @@ struct gh_req {
     uint64_t bytes_in, bytes_out;
     uint64_t bytes_spliced; /* of bytes_in and bytes_out, moved by splice (proxy/splice.c) */
     struct gh_splice *splice; /* while it moves a body */
+    bool upload_handed_back;  /* splice.c gave the upload back: it stays buffered */
 
     gh_upstream_t *up;
     gh_upserver_t *srv;

@@ -444,7 +444,10 @@ void gh__proxy_splice_done(gh_req_t *r, bool upload, enum gh_splice_end why)
             return;
         }
         /* on as if the body had gone the buffered way: the upstream is read
-         * again (for its answer), and what is left of the body is sent */
+         * again (for its answer), and what is left of the body is sent, the
+         * buffered way from now on once the upstream has begun to answer */
+        if (why == GH_SPLICE_HANDED_BACK)
+            r->upload_handed_back = true;
         if (r->body_remaining == 0)
             r->req_body_done = true;
         if (gh_stream_read_start(r->uc->stream) != 0) {

@@ -299,6 +299,7 @@ bool gh__splice_upload_start(gh_req_t *r)
     gh_conn_t *c = r->conn;
     gh_uconn_t *uc = r->uc;
     if (!r->has_body || r->body_chunked || r->req_body_done || r->body_remaining < GH_SPLICE_MIN ||
+        r->upload_handed_back ||
         !r->uhead_sent || r->upstream_writing || r->phase != GH_R_SENDING || r->resp_head_parsed ||
         !uc || uc->len != 0 || !c->buf || c->len != c->off || r->splice || c->state == GH_C_CLOSING)
         return false;
