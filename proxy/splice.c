@@ -45,12 +45,26 @@ struct gh_splice {
     int src_fd, dst_fd;     /* duplicates of the sockets */
     size_t in_pipe;         /* bytes in the pipe */
     size_t cap;             /* the most the pipe is given at once */
-    uint64_t left;          /* body bytes still to read from the source */
     int src_events, dst_events; /* what each poll handle waits for now */
     int handles;            /* poll handles not yet closed */
 };
 
 static void pump(struct gh_splice *sp);
+
+/* The body bytes not yet at the destination: the request's or the
+ * response's own count, taken down as the pipe is emptied. */
+static uint64_t *remaining(struct gh_splice *sp)
+{
+    return sp->upload ? &sp->r->body_remaining : &sp->r->resp_remaining;
+}
+
+static void close_fds(struct gh_splice *sp)
+{
+    int fds[4] = {sp->pfd[0], sp->pfd[1], sp->src_fd, sp->dst_fd};
+    for (int i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
 
 static void handle_closed(uv_handle_t *h)
 {
@@ -64,15 +78,12 @@ static void end(struct gh_splice *sp)
     gh_req_t *r = sp->r;
     r->splice = NULL;
     sp->r = NULL;
-    close(sp->pfd[0]);
-    close(sp->pfd[1]);
     /* uv_close takes each duplicate out of epoll before it returns; only
      * then may the duplicate be closed (epoll keys on the open file: a
      * descriptor closed while registered would stay in its set) */
     uv_close((uv_handle_t *)&sp->src, handle_closed);
     uv_close((uv_handle_t *)&sp->dst, handle_closed);
-    close(sp->src_fd);
-    close(sp->dst_fd);
+    close_fds(sp);
 }
 
 void gh__splice_end(gh_req_t *r)
@@ -162,25 +173,26 @@ static void pump(struct gh_splice *sp)
                 return;
             }
             sp->in_pipe -= (size_t)n;
+            *remaining(sp) -= (uint64_t)n;
             r->bytes_spliced += (uint64_t)n;
             if (sp->upload) {
                 r->bytes_in += (uint64_t)n;
                 r->body_bytes += (uint64_t)n;
-                r->body_remaining -= (uint64_t)n;
             } else {
                 r->bytes_out += (uint64_t)n;
-                r->resp_remaining -= (uint64_t)n;
             }
             moved += (size_t)n;
             continue;
         }
-        if (sp->left == 0) {
+        /* the pipe is empty: what remains is all still at the source */
+        uint64_t left = *remaining(sp);
+        if (left == 0) {
             finish(sp, GH_SPLICE_DONE);
             return;
         }
         if (moved >= GH_SPLICE_TURN)
             break; /* the source is waited for below, and is readable */
-        size_t want = sp->left < sp->cap ? (size_t)sp->left : sp->cap;
+        size_t want = left < sp->cap ? (size_t)left : sp->cap;
         ssize_t n = splice(sp->src_fd, NULL, sp->pfd[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0 && errno == EINTR)
             continue;
@@ -194,7 +206,6 @@ static void pump(struct gh_splice *sp)
             return;
         }
         sp->in_pipe += (size_t)n;
-        sp->left -= (uint64_t)n;
     }
     if (moved)
         r->conn->last_io = uv_now(r->conn->server->loop);
@@ -240,9 +251,6 @@ static bool start(gh_req_t *r, bool upload)
         c->off = c->len = 0;
         if (sp->cap > c->cap)
             sp->cap = c->cap;
-        sp->left = r->body_remaining;
-    } else {
-        sp->left = r->resp_remaining;
     }
     uv_loop_t *loop = c->server->loop;
     if (uv_poll_init_socket(loop, &sp->src, sp->src_fd) != 0)
@@ -252,11 +260,8 @@ static bool start(gh_req_t *r, bool upload)
         /* the one handle made is closed, the rest undone here */
         sp->handles = 1;
         uv_close((uv_handle_t *)&sp->src, handle_closed);
+        close_fds(sp);
         r->splice = NULL;
-        close(sp->pfd[0]);
-        close(sp->pfd[1]);
-        close(sp->src_fd);
-        close(sp->dst_fd);
         gh__conn_update_read(c);
         return false;
     }
@@ -270,14 +275,8 @@ static bool start(gh_req_t *r, bool upload)
     pump(sp);
     return true;
 no:
+    close_fds(sp);
     r->splice = NULL;
-    for (int i = 0; i < 2; i++)
-        if (sp->pfd[i] >= 0)
-            close(sp->pfd[i]);
-    if (sp->src_fd >= 0)
-        close(sp->src_fd);
-    if (sp->dst_fd >= 0)
-        close(sp->dst_fd);
     free(sp);
     gh__conn_update_read(c);
     return false;
